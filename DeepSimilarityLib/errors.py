@@ -1,0 +1,17 @@
+"""Errors raised on bad user input.
+
+Every error that a user can cause (a missing file, an image of the wrong
+dimensionality, NaN values, a mismatched size) is an :class:`InputError`, a
+``ValueError`` whose message names the offending file, node or parameter. The
+command line prints it as one line and exits with code 2; the Slicer module
+shows it in one message box. Anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(ValueError):
+    """Bad input, with a message that names the input (file, node, parameter)."""
+
+    def __init__(self, name, problem):
+        self.name = str(name)
+        self.problem = str(problem)
+        super().__init__(f"{self.name}: {self.problem}")

@@ -1,0 +1,41 @@
+"""Where the project's data, weights and caches live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """The shared real-data folder: ``$DEEPSIM_DATA`` or ``../shared/data`` beside the project.
+
+    In an installed Slicer extension the library sits beside the module
+    script, so the environment variable is the way to point at the data.
+    """
+    env = os.environ.get("DEEPSIM_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+def has_shared_data(sub: str = "") -> bool:
+    return (data_root() / sub).exists()
+
+
+def cache_dir() -> Path:
+    """Cache for derived data (e.g. registered slice pairs): ``$DEEPSIM_CACHE`` or ``~/.cache/deepsimilarity``."""
+    env = os.environ.get("DEEPSIM_CACHE")
+    path = Path(env) if env else Path.home() / ".cache" / "deepsimilarity"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def weights_dir() -> Path:
+    """Shipped weights: ``$DEEPSIM_WEIGHTS`` or ``weights/`` in the project (or beside the installed library)."""
+    env = os.environ.get("DEEPSIM_WEIGHTS")
+    if env:
+        return Path(env)
+    for candidate in (PROJECT_ROOT / "weights", Path(__file__).resolve().parent / "weights"):
+        if candidate.exists():
+            return candidate
+    return PROJECT_ROOT / "weights"
