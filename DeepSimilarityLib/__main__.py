@@ -1,0 +1,7 @@
+"""``python -m DeepSimilarityLib`` runs the ``deepsim`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

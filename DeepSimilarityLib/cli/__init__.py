@@ -1,0 +1,48 @@
+"""The ``deepsim`` command line.
+
+Each capability adds its subcommands from its own module (``register_parser``
+functions below); this file only assembles them and turns user errors into
+one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InputError
+from . import demo, evaluate, imaging, retrieval, similarity, train
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepsim",
+        description="Learned similarity of medical images: CT/MR patch similarity heat maps, "
+                    "DeepSim registration, Siamese and hashing case retrieval.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('DeepSimilarityLib').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (demo, imaging, similarity, train, evaluate, retrieval):
+        module.register_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except InputError as exc:
+        print(f"deepsim: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("deepsim: cancelled; nothing partial was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

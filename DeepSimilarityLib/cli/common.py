@@ -1,0 +1,56 @@
+"""Small helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def parse_point(text: str) -> tuple:
+    """``"x,y[,z]"`` -> floats; the error names the option."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 12.5,-30,4, got {text!r}") from None
+    if len(values) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected 2 or 3 coordinates, got {len(values)}")
+    return values
+
+
+def output_path(path, name: str) -> Path:
+    """Check that an output file can be created (its folder exists), before any work starts."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise InputError(name, f"folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(name, f"{path} is a folder, expected a file name")
+    return path
+
+
+def write_json(data, path) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=float)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def not_yet(capability: str):
+    """Handler for a subcommand whose capability is not built yet: a clear message, exit 2."""
+
+    def handler(args):
+        raise InputError(args.command, f"{capability} is not available in this version of DeepSimilarity")
+
+    return handler

@@ -1,0 +1,109 @@
+"""``deepsim info``, ``deepsim phantom`` and ``deepsim register``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .common import output_path
+
+
+def register_parser(sub):
+    p = sub.add_parser("info", help="print an image's size, spacing, origin, direction and value range")
+    p.add_argument("image", help="image file or DICOM series folder")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("phantom", help="write the digital head phantom's CT, MR and labels (2D or 3D)")
+    p.add_argument("--out-ct", required=True, help="CT file to write (.nii.gz, .nrrd, .mha, .png for 2D)")
+    p.add_argument("--out-mr", required=True, help="MR file to write")
+    p.add_argument("--out-labels", help="label map file to write")
+    p.add_argument("--shape", default="256,256", help="array shape, 'H,W' or 'D,H,W' (default 256,256)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--misalign", action="store_true", help="rotate and shift the MR slightly, to test registration")
+    p.set_defaults(func=run_phantom)
+
+    p = sub.add_parser("register", help="register a moving image to a fixed image")
+    p.add_argument("--fixed", required=True, help="fixed image file")
+    p.add_argument("--moving", required=True, help="moving image file (same dimension as fixed)")
+    p.add_argument("--method", default="affine", choices=["rigid", "similarity", "affine"],
+                   help="transform model (Mattes mutual information; default affine)")
+    p.add_argument("--out-transform", help="ITK transform file to write (.tfm or .h5; Slicer loads it)")
+    p.add_argument("--out-warped", help="moving image resampled onto the fixed grid")
+    p.set_defaults(func=run_register)
+
+
+def run_info(args):
+    from ..image_io import read_image
+
+    v = read_image(args.image, dtype=None, allow_nonfinite=True)
+    finite = np.isfinite(v.array) if np.issubdtype(v.array.dtype, np.floating) else np.ones(v.array.shape, bool)
+    print(f"file:      {args.image}")
+    print(f"dimension: {v.ndim}D, size {v.size} (x, y[, z]), dtype {v.array.dtype}")
+    print(f"spacing:   {tuple(round(s, 5) for s in v.spacing)} mm")
+    print(f"origin:    {tuple(round(o, 4) for o in v.origin)} mm (LPS)")
+    print(f"direction: {np.round(v.direction, 5).tolist()}")
+    if finite.any():
+        print(f"values:    {v.array[finite].min()} .. {v.array[finite].max()}, {int((~finite).sum())} non-finite")
+
+
+def run_phantom(args):
+    from ..image_io import write_image
+    from ..phantom import make_head_phantom
+
+    try:
+        shape = tuple(int(s) for s in args.shape.split(","))
+    except ValueError:
+        raise InputError("--shape", f"expected integers like 256,256 or 64,128,128, got {args.shape!r}") from None
+    outputs = [output_path(args.out_ct, "--out-ct"), output_path(args.out_mr, "--out-mr")]
+    if args.out_labels:
+        outputs.append(output_path(args.out_labels, "--out-labels"))
+    phantom = make_head_phantom(shape, seed=args.seed, misalign=(5.0, (4.0, -3.0, 0.0)) if args.misalign else None)
+    for volume, path in zip((phantom.ct, phantom.mr, phantom.labels), outputs):
+        write_image(volume, path)
+        print(f"wrote {path}")
+
+
+def _write_transform(transform, path: Path):
+    import SimpleITK as sitk
+
+    suffix = "".join(path.suffixes[-1:]) or ".tfm"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteTransform(transform, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_register(args):
+    from ..affine_registration import register_affine
+    from ..image_io import read_image, write_image
+    from ..intensity_metrics import mutual_information
+    from ..image_io import resample_to
+
+    out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
+    out_w = output_path(args.out_warped, "--out-warped") if args.out_warped else None
+    if out_t is None and out_w is None:
+        raise InputError("register", "give --out-transform and/or --out-warped")
+    if out_t is not None and out_t.suffix not in (".tfm", ".txt", ".h5", ".hdf5", ".mat"):
+        raise InputError("--out-transform", f"use a .tfm, .txt, .h5 or .mat file, not {out_t.name}")
+    fixed = read_image(args.fixed)
+    moving = read_image(args.moving)
+    if fixed.ndim != moving.ndim:
+        raise InputError(args.moving, f"is {moving.ndim}D but the fixed image {args.fixed} is {fixed.ndim}D")
+    result = register_affine(fixed, moving, kind=args.method)
+    before = float(mutual_information(fixed.array.ravel(), resample_to(moving, fixed).array.ravel(), 32))
+    after = float(mutual_information(fixed.array.ravel(), result.warped.array.ravel(), 32))
+    print(f"{args.method} registration: mutual information {before:.4f} -> {after:.4f} ({result.stop_reason.split(':')[0]})")
+    if out_t:
+        _write_transform(result.transform, out_t)
+        print(f"wrote {out_t} (ITK convention: maps fixed points to moving points, LPS mm)")
+    if out_w:
+        write_image(result.warped, out_w)
+        print(f"wrote {out_w}")

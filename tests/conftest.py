@@ -1,0 +1,21 @@
+"""Shared fixtures: where the real data is, and a skip marker for when it is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from DeepSimilarityLib.paths import data_root, has_shared_data
+
+
+def require_data(sub: str):
+    """Skip the calling test when ``../shared/data/<sub>`` is absent (e.g. a user's fresh clone)."""
+    if not has_shared_data(sub):
+        pytest.skip(f"real data {data_root() / sub} not found (it lives in ../shared/data beside the project)")
+    return data_root() / sub
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A private cache folder so tests neither read nor fill the user's cache."""
+    monkeypatch.setenv("DEEPSIM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
