@@ -61,7 +61,8 @@ def run_phantom(args):
     outputs = [output_path(args.out_ct, "--out-ct"), output_path(args.out_mr, "--out-mr")]
     if args.out_labels:
         outputs.append(output_path(args.out_labels, "--out-labels"))
-    phantom = make_head_phantom(shape, seed=args.seed, misalign=(5.0, (4.0, -3.0, 0.0)) if args.misalign else None)
+    misalign = (5.0, (4.0, -3.0, 2.0)[: len(shape)]) if args.misalign else None
+    phantom = make_head_phantom(shape, seed=args.seed, misalign=misalign)
     for volume, path in zip((phantom.ct, phantom.mr, phantom.labels), outputs):
         write_image(volume, path)
         print(f"wrote {path}")
