@@ -136,8 +136,26 @@ class MINDMetric(PatchMetric):
 HAND_MADE_METRICS = {"nmi": NMIMetric, "lcc": LCCMetric, "mind": MINDMetric}
 
 
-def get_metric(name: str, **kwargs) -> PatchMetric:
-    """A hand-made metric by name (``nmi``, ``lcc``, ``mind``); learned ones load from weights."""
+DEFAULT_LEARNED_WEIGHTS = "ctmr_similarity.pt"
+
+
+def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
+    """A metric by name: ``nmi``, ``lcc``, ``mind``, or ``learned`` (the CT/MR network).
+
+    ``learned`` loads ``weights`` (default: ``ctmr_similarity.pt`` in the
+    shipped weights folder); a missing file names the command that trains it.
+    """
+    if name == "learned":
+        from pathlib import Path
+
+        from .ctmr.learned_metric import LearnedPatchMetric
+        from .paths import weights_dir
+
+        path = Path(weights) if weights else weights_dir() / DEFAULT_LEARNED_WEIGHTS
+        if not path.exists():
+            raise InputError(path, "no CT/MR similarity weights; train them with "
+                                   f"'deepsim similarity train --out {path}'")
+        return LearnedPatchMetric.from_file(path, **kwargs)
     if name not in HAND_MADE_METRICS:
-        raise InputError("metric", f"unknown metric {name!r}; choose one of {sorted(HAND_MADE_METRICS)}")
+        raise InputError("metric", f"unknown metric {name!r}; choose one of {sorted(HAND_MADE_METRICS) + ['learned']}")
     return HAND_MADE_METRICS[name](**kwargs)

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
-from .common import not_yet
+from pathlib import Path
+
+from ..errors import InputError
+from .common import not_yet, write_json
 
 
 def register_parser(sub):
     p = sub.add_parser("evaluate", help="reproduce an evaluation (rank-error, registration, retrieval)")
     kinds = p.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
+    r = kinds.add_parser("rank-error", help="Cheng et al. 3.2: rank of the true match in 81x81, leave-patient-out")
+    r.add_argument("--region", default="head", choices=["head", "body"], help="patients of ../shared/data/ct-mr-slices")
+    r.add_argument("--mr", default="T1", choices=["T1", "T2"])
+    r.add_argument("--n-test", type=int, default=300, help="test skull patches over all folds (default 300)")
+    r.add_argument("--pairs", type=int, default=2000, help="positive training pairs per fold (default 2000)")
+    r.add_argument("--setting", default="paper", choices=["paper", "modern"])
+    r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow, none")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out-dir", default="benchmarks/results", help="folder for the table, JSON and Psi plot")
+    r.set_defaults(func=run_rank_error)
     for name, text in (("registration", "Dice and folding of learned registration per loss"),
                        ("retrieval", "MAP/MRR and NDCG/ACG/weighted mAP of retrieval")):
         k = kinds.add_parser(name, help=text)
         k.set_defaults(func=not_yet(f"the {name} evaluation"))
+
+
+SHORT_VARIANTS = {"deep": "multimodal SDAE + deep NN", "unimodal": "uni-modal SDAE + deep NN",
+                  "shallow": "multimodal SDAE + shallow NN"}
+
+
+def run_rank_error(args):
+    from ..ctmr.experiment import VARIANTS, leave_patient_out, load_region, results_table
+    from ..ctmr.rank_error import plot_curves
+    from ..datasets import CTMRSlices
+
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise InputError("--out-dir", f"folder {out} does not exist")
+    if args.variants == "all":
+        variants = tuple(VARIANTS)
+    else:
+        names = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in names if v not in SHORT_VARIANTS]
+        if unknown:
+            raise InputError("--variants", f"unknown {unknown}; choose from {sorted(SHORT_VARIANTS)}")
+        variants = tuple(SHORT_VARIANTS[v] for v in names)
+    slices = load_region(CTMRSlices(), args.region, mr=args.mr)
+    result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
+                               variants=variants, seed=args.seed)
+    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}"
+    table = results_table(result["psi"])
+    header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
+              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs} training pairs per fold, setting {args.setting}.")
+    (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
+    write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
+                "psi": {k: v.tolist() for k, v in result["psi"].items()}, "train_seconds": result["train_seconds"]},
+               out / f"{stem}.json")
+    plot_curves(result["psi"], out / f"{stem}.png", title=f"Psi(n), {args.region} ({args.mr}), leave-patient-out")
+    print(header)
+    print(table)
+    print(f"wrote {out / stem}.md, .json and .png")

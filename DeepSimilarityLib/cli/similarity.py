@@ -18,13 +18,32 @@ def register_parser(sub):
     where.add_argument("--point", type=parse_point, help="patch centre in mm, 'x,y[,z]' (LPS unless --ras)")
     where.add_argument("--index", type=parse_point, help="patch centre as CT voxel index 'i,j[,k]'")
     h.add_argument("--ras", action="store_true", help="--point is in RAS (as Slicer shows it), not LPS")
-    h.add_argument("--metric", default="nmi", help="nmi, lcc or mind (default nmi)")
+    h.add_argument("--metric", default="nmi", help="learned, nmi, lcc or mind (default nmi)")
+    h.add_argument("--weights", help="network file for --metric learned (default: the shipped weights)")
     h.add_argument("--patch-size", type=int, default=17, help="odd patch edge in voxels (default 17)")
     h.add_argument("--neighbourhood", type=int, default=81, help="odd in-plane edge of the searched area (default 81)")
     h.add_argument("--depth", type=int, default=9, help="odd number of slices searched for 3D images (default 9)")
     h.add_argument("--out", required=True, help="heat map image to write (.nii.gz, .nrrd, .mha), on the MR's geometry")
     h.add_argument("--out-json", help="also write the best match and score range as JSON")
     h.set_defaults(func=run_heatmap)
+
+    t = actions.add_parser("train", help="train the CT/MR similarity network (SDAE pre-training + fine-tuning)")
+    t.add_argument("--out", required=True, help="network file to write (.pt); replaced atomically")
+    source = t.add_mutually_exclusive_group()
+    source.add_argument("--region", default="head", choices=["head", "body"],
+                        help="train on every patient of this region of ../shared/data/ct-mr-slices (default head)")
+    source.add_argument("--patients", help="comma-separated patients, e.g. Patient_01,Patient_02")
+    source.add_argument("--phantom", action="store_true", help="train on phantom slices (no real data needed)")
+    t.add_argument("--mr", default="T1", choices=["T1", "T2"], help="MR sequence (default T1)")
+    t.add_argument("--pairs", type=int, default=2000, help="positive pairs; as many negatives are added (default 2000)")
+    t.add_argument("--patch-size", type=int, default=17, help="odd patch edge (default 17)")
+    t.add_argument("--setting", default="paper", choices=["paper", "modern"],
+                   help="paper: SGD lr 0.5, batch 5, 10+5 epochs; modern: Adam (default paper)")
+    t.add_argument("--variant", default="deep", choices=["deep", "shallow"], help="deep 578-578-300-100-2 or shallow (no L3)")
+    t.add_argument("--pretraining", default="multimodal", choices=["multimodal", "unimodal", "none"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    t.set_defaults(func=run_train)
 
 
 def run_heatmap(args):
@@ -48,7 +67,10 @@ def run_heatmap(args):
         value = getattr(args, name)
         if value < 1 or value % 2 == 0:
             raise InputError("--" + name.replace("_", "-"), f"must be a positive odd number, got {value}")
-    result = similarity_heatmap(ct, mr, point=point, index=index, metric=args.metric, patch_size=args.patch_size,
+    from ..patch_metrics import get_metric
+
+    metric = get_metric(args.metric, weights=args.weights) if args.metric == "learned" else get_metric(args.metric)
+    result = similarity_heatmap(ct, mr, point=point, index=index, metric=metric, patch_size=args.patch_size,
                                 neighbourhood=args.neighbourhood, depth=args.depth)
     write_image(result.scores, out)
     centre_point = ct.index_to_physical(result.centre_index[::-1])
@@ -61,3 +83,40 @@ def run_heatmap(args):
                     "best_index_xyz": list(result.best_index[::-1]), "distance_mm": shift,
                     "score_min": float(result.scores.array.min()), "score_max": float(result.scores.array.max())}, out_json)
         print(f"wrote {out_json}")
+
+
+def run_train(args):
+    import datetime
+
+    import torch
+    from tqdm import tqdm
+
+    from ..ctmr import save_net, train_similarity_net
+    from ..ctmr.experiment import training_slices
+    from ..ctmr.patch_pairs import pairs_from_slices
+
+    out = output_path(args.out, "--out")
+    if args.pairs < 10:
+        raise InputError("--pairs", f"needs at least 10 pairs, got {args.pairs}")
+    if args.patch_size < 3 or args.patch_size % 2 == 0:
+        raise InputError("--patch-size", f"must be an odd number >= 3, got {args.patch_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    slices, source = training_slices(region=args.region, patients=args.patients, phantom=args.phantom, mr=args.mr)
+    pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size)
+    bar = tqdm(total=100, desc="training", unit="%")
+
+    def progress(stage, fraction):
+        bar.set_postfix_str(stage)
+        bar.update(round(fraction * 100) - bar.n)
+
+    net, history = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, args.setting, variant=args.variant,
+                                        pretraining=args.pretraining, seed=args.seed, progress=progress)
+    bar.close()
+    metadata = dict(net.metadata, kind="ctmr-similarity", data=source, mr=args.mr, patch_size=args.patch_size,
+                    pairs_positive=args.pairs, train_accuracy=history["train_accuracy"],
+                    train_seconds=history["seconds"], date=datetime.date.today().isoformat())
+    save_net(net, out, metadata)
+    print(f"trained in {history['seconds']:.1f} s on {len(pairs)} pairs ({source}); "
+          f"training accuracy {history['train_accuracy']:.3f}")
+    print(f"wrote {out}")

@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "DeepSimilarity"
 SCRIPT = MODULE_DIR / "DeepSimilarity.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "DeepSimilarity.ui"

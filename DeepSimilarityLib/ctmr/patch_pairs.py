@@ -1,0 +1,125 @@
+"""Training pairs of CT/MR patches around the skull (Cheng et al. 2016, section 3.1).
+
+Positives are a CT patch and the MR patch at the same position of a
+registered slice pair, centred on or near the bone edge; each negative pairs
+the same CT patch with an MR patch from another random position. Negatives
+are drawn inside the search neighbourhood used at test time but outside its
+tolerance window, so the network learns exactly the decision the heat map and
+the rank-error evaluation ask of it. Works on 2D and 3D arrays alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..patches import crop
+
+
+def skull_edge_mask(ct: np.ndarray, threshold: float = 0.95, near: int = 2) -> np.ndarray:
+    """Voxels on or within ``near`` voxels of a bone edge of a [0, 1] CT.
+
+    Bone is ``ct >= threshold`` (the CT slices are windowed for soft tissue, so
+    bone saturates near 1); tiny specks are ignored.
+    """
+    bone = ndimage.binary_opening(np.asarray(ct) >= threshold)
+    if not bone.any():
+        return bone
+    edge = bone ^ ndimage.binary_erosion(bone)
+    return ndimage.binary_dilation(edge, iterations=near) if near > 0 else edge
+
+
+def dark_mask(mr: np.ndarray, threshold: float = 0.15) -> np.ndarray:
+    """Low-intensity MR voxels inside the head: where the hard negatives of the cascade come from."""
+    head = ndimage.binary_fill_holes(ndimage.binary_closing(np.asarray(mr) > 0.05, iterations=3))
+    return head & (np.asarray(mr) < threshold)
+
+
+@dataclass
+class PatchPairs:
+    """Flattened patch pairs: ``ct`` and ``mr`` of shape ``(N, voxels)``, ``labels`` (N,) 1 = same position."""
+
+    ct: np.ndarray
+    mr: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+    @staticmethod
+    def concatenate(parts: list["PatchPairs"]) -> "PatchPairs":
+        return PatchPairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ct", "mr", "labels")))
+
+
+def sample_centres(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` voxel indices ``(count, ndim)`` drawn uniformly from ``mask`` (with replacement if needed)."""
+    candidates = np.argwhere(mask)
+    if len(candidates) == 0:
+        return np.zeros((0, mask.ndim), dtype=int)
+    pick = rng.choice(len(candidates), size=count, replace=count > len(candidates))
+    return candidates[pick]
+
+
+def negative_centres(centres: np.ndarray, shape, rng: np.random.Generator, radius: int = 40, min_distance: int = 2,
+                     allowed: np.ndarray | None = None) -> np.ndarray:
+    """One other position per centre: within ``radius`` (Chebyshev) but farther than ``min_distance``.
+
+    With ``allowed`` (a mask), positions are drawn from it (hard negatives),
+    falling back to any position when the neighbourhood holds none.
+    """
+    out = np.empty_like(centres)
+    for i, c in enumerate(centres):
+        lo = np.maximum(c - radius, 0)
+        hi = np.minimum(c + radius + 1, shape)
+        for _ in range(100):
+            q = rng.integers(lo, hi)
+            if np.max(np.abs(q - c)) > min_distance and (allowed is None or allowed[tuple(q)]):
+                break
+        out[i] = q
+    return out
+
+
+def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.Generator, patch_size: int = 17,
+               region: np.ndarray | None = None, radius: int = 40, min_distance: int = 2,
+               negative_region: np.ndarray | None = None) -> PatchPairs:
+    """Balanced positives and negatives from one registered CT/MR pair of [0, 1] arrays.
+
+    Args:
+        ct, mr: registered arrays of the same shape, ``(y, x)`` or ``(z, y, x)``.
+        n_positive: positives (as many negatives are made, one per positive).
+        region: where positive centres may lie (default: :func:`skull_edge_mask`).
+        radius, min_distance: where negatives lie relative to their positive.
+        negative_region: restrict negative MR centres to this mask (cascade).
+    """
+    if ct.shape != mr.shape:
+        raise InputError("mr", f"shape {mr.shape} differs from the CT's {ct.shape}; register and resample first")
+    region = skull_edge_mask(ct) if region is None else region
+    centres = sample_centres(region, n_positive, rng)
+    if len(centres) == 0:
+        return PatchPairs(np.zeros((0, patch_size ** ct.ndim), np.float32), np.zeros((0, patch_size ** ct.ndim), np.float32),
+                          np.zeros(0, np.int64))
+    others = negative_centres(centres, np.array(ct.shape), rng, radius, min_distance, negative_region)
+    size = (patch_size,) * ct.ndim
+    ct_p = np.stack([crop(ct, c, size).ravel() for c in centres])
+    mr_pos = np.stack([crop(mr, c, size).ravel() for c in centres])
+    mr_neg = np.stack([crop(mr, c, size).ravel() for c in others])
+    labels = np.concatenate([np.ones(len(centres), np.int64), np.zeros(len(centres), np.int64)])
+    return PatchPairs(np.concatenate([ct_p, ct_p]), np.concatenate([mr_pos, mr_neg]), labels)
+
+
+def pairs_from_slices(slices, n_positive: int = 2000, seed: int = 0, patch_size: int = 17, **kwargs) -> PatchPairs:
+    """``n_positive`` positives (+ as many negatives) spread evenly over ``(ct, mr)`` array pairs."""
+    slices = list(slices)
+    if not slices:
+        raise InputError("slices", "no CT/MR slice pairs to sample from")
+    rng = np.random.default_rng(seed)
+    per = np.full(len(slices), n_positive // len(slices))
+    per[: n_positive - per.sum()] += 1
+    parts = [make_pairs(ct, mr, int(k), rng, patch_size, **kwargs) for (ct, mr), k in zip(slices, per) if k > 0]
+    pairs = PatchPairs.concatenate(parts)
+    if len(pairs) == 0:
+        raise InputError("slices", "no skull edge found in any CT slice; check the CT window or the region mask")
+    return pairs

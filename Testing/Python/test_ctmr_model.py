@@ -1,0 +1,174 @@
+"""The CT/MR similarity network (SDAE pre-training, fine-tuning, files, learned metric) on synthetic pairs."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from DeepSimilarityLib.ctmr import (LearnedPatchMetric, PatchSimilarityNet, TrainingCancelled, TrainSettings,
+                                    load_net, pretrain_multimodal, save_net, synthetic_images, synthetic_pairs,
+                                    train_dae, train_similarity_net)
+from DeepSimilarityLib.errors import InputError
+
+# Small and quick: enough to learn the synthetic relation, a few seconds in all.
+FAST = TrainSettings(optimizer="adam", lr=1e-3, batch_size=32, pretrain_epochs=2, finetune_epochs=8)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return synthetic_pairs(1000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(pairs):
+    stages = []
+    net, history = train_similarity_net(*pairs, FAST, seed=3, progress=lambda s, f: stages.append((s, f)))
+    return net, history, stages
+
+
+def test_shapes_and_score_is_v1_minus_v2(trained):
+    net, history, stages = trained
+    ct, mr, _ = (torch.from_numpy(a) for a in synthetic_pairs(7, seed=5))
+    with torch.no_grad():
+        v = net(ct, mr)
+        assert v.shape == (7, 2)
+        torch.testing.assert_close(net.score(ct, mr), v[:, 0] - v[:, 1])
+    assert [l.weight.shape for l in net.hidden] == [(578, 578), (300, 578), (100, 300)]
+    assert len(history["finetune_loss"]) == FAST.finetune_epochs
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and stages[-1] == ("done", 1.0)
+    assert {s for s, _ in stages} >= {"pretrain ct", "pretrain mr", "pretrain joint", "pretrain top", "finetune"}
+    shallow = PatchSimilarityNet({"variant": "shallow"})
+    assert [l.weight.shape for l in shallow.hidden] == [(578, 578), (300, 578)] and shallow.out.weight.shape == (2, 300)
+
+
+def test_cross_modality_blocks_start_at_zero_and_are_learned(pairs, trained):
+    ct, mr, _ = (torch.from_numpy(a) for a in pairs)
+    stack, losses = pretrain_multimodal(ct, mr, settings=TrainSettings(pretrain_epochs=1, batch_size=50))
+    assert set(losses) == {"ct", "mr", "joint", "top"}
+    w = PatchSimilarityNet.from_sdae(stack).hidden[0].weight
+    assert torch.all(w[:289, 289:] == 0) and torch.all(w[289:, :289] == 0)
+    torch.testing.assert_close(w[:289, :289], stack[0][0].weight)
+    tuned = trained[0].hidden[0].weight
+    assert tuned[:289, 289:].abs().mean() > 1e-4 and tuned[289:, :289].abs().mean() > 1e-4
+
+
+def test_dae_pretraining_lowers_reconstruction_loss(pairs):
+    x = torch.from_numpy(pairs[0])
+    gen = torch.Generator().manual_seed(0)
+    dae, losses = train_dae(x, 100, TrainSettings(batch_size=20, pretrain_epochs=4), gen)
+    assert losses[-1] < losses[0]
+    fresh_loss = type(dae)(289, 100, torch.Generator().manual_seed(0)).reconstruction_loss(x).item()
+    assert dae.reconstruction_loss(x).item() < 0.95 * fresh_loss
+
+
+def test_fine_tuning_beats_chance_on_held_out_pairs(trained):
+    net = trained[0]
+    ct, mr, labels = synthetic_pairs(600, seed=11)  # another synthetic image
+    with torch.no_grad():
+        predicted = net.score(torch.from_numpy(ct), torch.from_numpy(mr)) > 0
+    accuracy = (predicted.numpy() == labels.astype(bool)).mean()
+    assert accuracy > 0.7, accuracy  # chance is 0.5; about 0.8 here
+
+
+def _loop_map(net, ct_patch, region):
+    """Reference: net.score at every position, one by one."""
+    p = ct_patch.shape[0]
+    n = region.shape[0] - p + 1
+    ct = torch.from_numpy(ct_patch.reshape(1, -1))
+    with torch.no_grad():
+        return np.array([[net.score(ct, torch.from_numpy(np.ascontiguousarray(region[i:i + p, j:j + p]).reshape(1, -1)))
+                          .item() for j in range(n)] for i in range(n)], dtype=np.float32)
+
+
+def test_score_map_equals_per_position_scores(trained):
+    net = trained[0]
+    ct_img, mr_img = synthetic_images(seed=4)
+    ct_patch, region = ct_img[60:77, 60:77], mr_img[52:85, 52:85]  # 17 x 17 over 17 x 17 positions
+    reference = _loop_map(net, ct_patch, region)
+    fast = LearnedPatchMetric(net, "float32").score_map(ct_patch, region)
+    assert fast.shape == (17, 17) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-4)
+    # Tiny blocks exercise the chunking (several rows, then single positions).
+    for chunk in (578 * 40, 578 * 3):
+        np.testing.assert_allclose(LearnedPatchMetric(net, "float32", chunk_elements=chunk).score_map(ct_patch, region),
+                                   fast, rtol=1e-5, atol=1e-5)
+    # bfloat16 keeps ~3 significant digits: close scores, and the same best position in most maps.
+    f32, bf16 = LearnedPatchMetric(net, "float32"), LearnedPatchMetric(net, "bfloat16")
+    same_best = 0
+    for seed in range(20, 25):
+        ct_img, mr_img = synthetic_images(seed=seed)
+        a, b = (m.score_map(ct_img[60:77, 60:77], mr_img[52:85, 52:85]) for m in (f32, bf16))
+        assert np.abs(a - b).max() < 0.02 * (a.max() - a.min()) + 0.02
+        same_best += a.argmax() == b.argmax()
+    assert same_best >= 4
+    assert LearnedPatchMetric(net).resolved_precision() in ("float32", "bfloat16")
+
+
+def test_score_map_3d_and_patch_size_check():
+    net = PatchSimilarityNet({"patch_voxels": 27, "layers": [20, 10, 5]})
+    rng = np.random.default_rng(0)
+    ct_patch, region = rng.random((3, 3, 3)), rng.random((5, 6, 4))
+    metric = LearnedPatchMetric(net, "float32", chunk_elements=27 * 4)
+    scores = metric.score_map(ct_patch, region)
+    assert scores.shape == (3, 4, 2)
+    windows = np.lib.stride_tricks.sliding_window_view(region, (3, 3, 3)).reshape(-1, 27).astype(np.float32)
+    with torch.no_grad():
+        ref = net.score(torch.from_numpy(ct_patch.astype(np.float32).reshape(1, -1)).expand(len(windows), -1),
+                        torch.from_numpy(windows))
+    np.testing.assert_allclose(scores.ravel(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="27 voxels"):
+        metric.score_map(rng.random((5, 5)), rng.random((9, 9)))
+
+
+def test_same_seed_gives_identical_weights_and_cancel_stops(pairs):
+    pairs = [a[:300] for a in pairs]
+    tiny = TrainSettings(batch_size=50, pretrain_epochs=1, finetune_epochs=1)
+    a, _ = train_similarity_net(*pairs, tiny, variant="shallow", seed=7)
+    b, _ = train_similarity_net(*pairs, tiny, variant="shallow", seed=7)
+    c, _ = train_similarity_net(*pairs, tiny, variant="shallow", seed=8)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert not torch.equal(a.hidden[0].weight, c.hidden[0].weight)
+    calls = []
+    with pytest.raises(TrainingCancelled):
+        train_similarity_net(*pairs, tiny, seed=7, should_stop=lambda: calls.append(1) or len(calls) > 5)
+
+
+def test_bad_inputs_are_refused(pairs):
+    ct, mr, labels = pairs
+    with pytest.raises(InputError, match="labels"):
+        train_similarity_net(ct, mr, labels[:-1])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        train_similarity_net(ct * 2, mr, labels)
+    with pytest.raises(InputError, match="variant"):
+        PatchSimilarityNet({"variant": "wide"})
+
+
+def test_save_is_atomic_and_load_checks_the_architecture(tmp_path, trained):
+    net = trained[0]
+    path = save_net(net, tmp_path / "nets" / "ctmr.pt", {"note": "synthetic"})
+    assert os.listdir(path.parent) == ["ctmr.pt"]  # no temp file left behind
+    loaded = load_net(path)
+    assert loaded.metadata == {"note": "synthetic"} and loaded.config == net.config
+    for x, y in zip(net.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(x, y)
+    with pytest.raises(InputError, match="variant"):
+        load_net(path, expected={"variant": "shallow"})
+    # A file whose weights do not fit its config.
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["layers"] = [578, 200, 100]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="bad.pt.*shape"):
+        load_net(tmp_path / "bad.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="corrupt.pt"):
+        load_net(tmp_path / "corrupt.pt")
+    with pytest.raises(InputError, match="missing.pt"):
+        load_net(tmp_path / "missing.pt")
+    # A failed save leaves neither a temp file nor a damaged target.
+    with pytest.raises(Exception):
+        save_net(net, path, {"bad": lambda: 0})  # a lambda cannot be pickled
+    assert os.listdir(path.parent) == ["ctmr.pt"]
+    assert load_net(path).metadata == {"note": "synthetic"}

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from DeepSimilarityLib.ctmr.patch_pairs import make_pairs, negative_centres, pairs_from_slices, skull_edge_mask
+from DeepSimilarityLib.ctmr.rank_error import cumulative_curve, rank_error, rank_errors, summarise
+from DeepSimilarityLib.errors import InputError
+from DeepSimilarityLib.image_io import normalise_intensity
+from DeepSimilarityLib.patch_metrics import get_metric
+from DeepSimilarityLib.phantom import LABELS, make_head_phantom
+
+
+def test_rank_error_by_hand():
+    s = np.zeros((5, 5))
+    s[2, 2] = 1.0
+    assert rank_error(s, 3) == 0
+    s[0, 0] = 2.0  # one position outside the 3x3 window beats the window's best
+    assert rank_error(s, 3) == 1
+    s[3, 3] = 3.0  # inside the window: the window's best is now 3
+    assert rank_error(s, 3) == 0
+    # A flat map ranks every outside position as high as the window: the worst psi, not 0.
+    assert rank_error(np.ones((5, 5)), 3) == 25 - 9
+    assert rank_error(np.ones((3, 5, 5)), 3) == 75 - 27
+
+
+def test_cumulative_curve_and_summary():
+    psi = np.array([4, 0, 1, 0])
+    np.testing.assert_array_equal(cumulative_curve(psi), [0, 0, 1, 5])
+    s = summarise(psi)
+    assert s == {"n": 4, "mean_psi": 1.25, "median_psi": 0.5, "fraction_psi0": 0.5}
+
+
+@pytest.fixture(scope="module")
+def phantom_pair():
+    ph = make_head_phantom((192, 192), seed=1)
+    return normalise_intensity(ph.ct.array), normalise_intensity(ph.mr.array), ph.labels.array
+
+
+def test_skull_edge_mask_lies_on_the_skull(phantom_pair):
+    ct, _, labels = phantom_pair
+    edge = skull_edge_mask(ct, near=0)
+    assert edge.sum() > 100
+    near_bone = np.isin(labels, [LABELS["skull"], LABELS["diploe"]])
+    assert near_bone[edge].mean() > 0.9
+
+
+def test_pairs_are_balanced_and_positives_match(phantom_pair):
+    ct, mr, _ = phantom_pair
+    pairs = make_pairs(ct, mr, 50, np.random.default_rng(0))
+    assert len(pairs) == 100 and pairs.labels.sum() == 50
+    assert pairs.ct.shape == (100, 289)
+    # Each negative reuses its positive's CT patch with a different MR patch.
+    np.testing.assert_array_equal(pairs.ct[:50], pairs.ct[50:])
+    assert not np.allclose(pairs.mr[:50], pairs.mr[50:])
+    with pytest.raises(InputError, match="differs from the CT"):
+        make_pairs(ct, mr[:-1], 5, np.random.default_rng(0))
+
+
+def test_negative_centres_respect_the_distances():
+    rng = np.random.default_rng(0)
+    centres = np.array([[50, 50]] * 200)
+    others = negative_centres(centres, np.array([100, 100]), rng, radius=10, min_distance=3)
+    d = np.abs(others - centres).max(1)
+    assert d.min() > 3 and d.max() <= 10
+
+
+def test_pairs_from_slices_refuses_empty_input():
+    with pytest.raises(InputError, match="no CT/MR slice pairs"):
+        pairs_from_slices([], 10)
+    flat = np.zeros((64, 64), np.float32)
+    with pytest.raises(InputError, match="no skull edge"):
+        pairs_from_slices([(flat, flat)], 10)
+
+
+def test_registered_phantom_gives_small_rank_error_for_mind_and_large_for_noise(phantom_pair):
+    ct, mr, _ = phantom_pair
+    centres = np.argwhere(skull_edge_mask(ct, near=0))[::97][:8]
+    psi = rank_errors([(ct, mr, tuple(c)) for c in centres], get_metric("mind"), neighbourhood=21)
+    rng = np.random.default_rng(0)
+    noise = rng.random(mr.shape).astype(np.float32)
+    psi_noise = rank_errors([(ct, noise, tuple(c)) for c in centres], get_metric("mind"), neighbourhood=21)
+    assert psi.mean() < psi_noise.mean()
