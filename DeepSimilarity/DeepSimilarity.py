@@ -97,7 +97,7 @@ class DeepSimilarityParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     mrVolume: vtkMRMLScalarVolumeNode
     point: vtkMRMLMarkupsFiducialNode
-    metric: Annotated[str, Choice(["deepsim", "nmi", "lcc", "mind"])] = "nmi"
+    metric: Annotated[str, Choice(["learned", "nmi", "lcc", "mind"])] = "nmi"
     neighbourhood: Annotated[int, WithinRange(3, 513)] = 81
     patchSize: Annotated[int, WithinRange(3, 65)] = 17
     autoUpdate: bool = False

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_output
 from .errors import InputError
 
 # Single-file formats that SimpleITK writes; ".mhd"/".nhdr" split header and
@@ -264,14 +265,8 @@ def write_image(volume: Volume, path, compress: bool = True) -> Path:
     image = _slice_pixels(volume, path) if ext in SLICE_EXTENSIONS else volume.to_sitk()
     if ext in SLICE_EXTENSIONS and volume.ndim != 2:
         raise InputError(path, f"{ext} holds 2D slices, got a {volume.ndim}D image")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=ext) as tmp:
         sitk.WriteImage(image, tmp, compress and ext not in SLICE_EXTENSIONS)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

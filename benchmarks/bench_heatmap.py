@@ -25,7 +25,6 @@ import torch  # noqa: E402
 
 from DeepSimilarityLib.ctmr.patch_pairs import skull_edge_mask  # noqa: E402
 from DeepSimilarityLib.ctmr import LearnedPatchMetric, PatchSimilarityNet, load_net  # noqa: E402
-from DeepSimilarityLib.intensity_metrics import normalised_mutual_information  # noqa: E402
 from DeepSimilarityLib.patch_metrics import get_metric  # noqa: E402
 from DeepSimilarityLib.patches import crop, search_region  # noqa: E402
 from DeepSimilarityLib.paths import weights_dir  # noqa: E402

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_output
 from ..errors import InputError
 
 
@@ -34,17 +33,10 @@ def output_path(path, name: str) -> Path:
 
 def write_json(data, path) -> Path:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=float)
+        f.write("\n")
+    return Path(path)
 
 
 def not_yet(capability: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from .common import not_yet, write_json
 
@@ -16,9 +18,15 @@ def register_parser(sub):
     r.add_argument("--mr", default="T1", choices=["T1", "T2"])
     r.add_argument("--n-test", type=int, default=300, help="test skull patches over all folds (default 300)")
     r.add_argument("--pairs", type=int, default=2000, help="positive training pairs per fold (default 2000)")
-    r.add_argument("--setting", default="paper", choices=["paper", "modern"])
-    r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow, none")
+    r.add_argument("--setting", default="modern", choices=["paper", "modern"],
+                   help="training preset: paper (SGD lr 0.5, batch 5) or modern (Adam; default)")
+    r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--cascade", action="store_true", help="also evaluate the cascade with a dark-MR hard-negative classifier")
+    r.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
+    r.add_argument("--max-outline-distance", type=float, default=3.0,
+                   help="drop slice pairs whose body outlines lie farther apart after registration, in 512-px voxels (default 3)")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--out-dir", default="benchmarks/results", help="folder for the table, JSON and Psi plot")
     r.set_defaults(func=run_rank_error)
     for name, text in (("registration", "Dice and folding of learned registration per loss"),
@@ -32,7 +40,10 @@ SHORT_VARIANTS = {"deep": "multimodal SDAE + deep NN", "unimodal": "uni-modal SD
 
 
 def run_rank_error(args):
-    from ..ctmr.experiment import VARIANTS, leave_patient_out, load_region, results_table
+    import torch
+
+    from ..ctmr.experiment import (VARIANTS, leave_patient_out, load_region, per_patient_table, results_table,
+                                   select_slices)
     from ..ctmr.rank_error import plot_curves
     from ..datasets import CTMRSlices
 
@@ -47,16 +58,26 @@ def run_rank_error(args):
         if unknown:
             raise InputError("--variants", f"unknown {unknown}; choose from {sorted(SHORT_VARIANTS)}")
         variants = tuple(SHORT_VARIANTS[v] for v in names)
-    slices = load_region(CTMRSlices(), args.region, mr=args.mr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    all_slices = load_region(CTMRSlices(), args.region, mr=args.mr)
+    slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
+    kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
-                               variants=variants, seed=args.seed)
-    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}"
-    table = results_table(result["psi"])
+                               variants=variants, seed=args.seed, cascade=args.cascade)
+    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + ("_cascade" if args.cascade else "")
+    train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
+    table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
+        per_patient_table(result["psi"], result["patient"])
     header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
-              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs} training pairs per fold, setting {args.setting}.")
+              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs} training pairs per fold, setting {args.setting}.\n"
+              f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
+              f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
-                "psi": {k: v.tolist() for k, v in result["psi"].items()}, "train_seconds": result["train_seconds"]},
+                "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
+                "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
+                "train_seconds": result["train_seconds"]},
                out / f"{stem}.json")
     plot_curves(result["psi"], out / f"{stem}.png", title=f"Psi(n), {args.region} ({args.mr}), leave-patient-out")
     print(header)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +69,10 @@ def run_phantom(args):
 def _write_transform(transform, path: Path):
     import SimpleITK as sitk
 
-    suffix = "".join(path.suffixes[-1:]) or ".tfm"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    from ..atomic import atomic_output
+
+    with atomic_output(path, suffix=path.suffix or ".tfm") as tmp:
         sitk.WriteTransform(transform, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_register(args):

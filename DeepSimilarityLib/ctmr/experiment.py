@@ -14,6 +14,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..patch_metrics import get_metric
 from .patch_pairs import pairs_from_slices, skull_edge_mask
 from .rank_error import rank_errors, summarise
@@ -25,6 +26,7 @@ VARIANTS = {
     "multimodal SDAE + shallow NN": ("shallow", "multimodal"),
 }
 BASELINES = ("nmi", "lcc", "mind")
+CASCADE = "cascade: multimodal deep + dark-MR negatives"
 
 
 def load_region(dataset, region: str | None = None, mr: str = "T1", patients=None) -> dict:
@@ -35,28 +37,73 @@ def load_region(dataset, region: str | None = None, mr: str = "T1", patients=Non
     return slices
 
 
-def phantom_slices(count: int = 6) -> list:
-    """Registered ``(ct, mr)`` [0, 1] pairs of phantom slices (different seeds), for training without data."""
+def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Downsample a 2D/3D array by averaging ``factor``^ndim blocks (edges that do not fill a block are cut)."""
+    if factor == 1:
+        return array
+    cut = tuple(slice(0, n // factor * factor) for n in array.shape)
+    shape = [v for n in array.shape for v in (n // factor, factor)]
+    return array[cut].reshape(shape).mean(axis=tuple(range(1, 2 * array.ndim, 2))).astype(np.float32)
+
+
+def select_slices(slices_by_patient: dict, max_outline_distance: float | None = 3.0, downsample: int = 2) -> dict:
+    """Keep the trustworthy registered pairs and bring them to the patch scale.
+
+    Pairs whose body outlines lie more than ``max_outline_distance`` voxels
+    apart after registration (:func:`~DeepSimilarityLib.registration_qc.outline_distance`)
+    show different anatomy and would teach and test wrong matches; they are
+    dropped. ``downsample`` 2 turns the 512 x 512 slices (~0.45 mm) into
+    ~0.9 mm voxels, close to the ~1 mm of the paper's data, so a 17 x 17
+    patch sees about 15 mm.
+    """
+    from ..registration_qc import outline_distance
+
+    out = {}
+    for patient, pairs in slices_by_patient.items():
+        kept = [(ct, mr) for ct, mr in pairs
+                if max_outline_distance is None or outline_distance(ct, mr) <= max_outline_distance]
+        out[patient] = [(block_mean(ct, downsample), block_mean(mr, downsample)) for ct, mr in kept]
+    return out
+
+
+def phantom_slices(count: int = 6, dim: int = 2, first_seed: int = 0) -> list:
+    """Registered ``(ct, mr)`` [0, 1] phantom pairs (different noise seeds), for training without data.
+
+    2D: 256 x 256 slices at 1 mm; 3D: 96 x 192 x 192 volumes at 1.25 x 1.25 x 2.5 mm.
+    """
     from ..image_io import normalise_intensity
     from ..phantom import make_head_phantom
 
     out = []
-    for seed in range(count):
-        ph = make_head_phantom((256, 256), seed=seed)
+    for seed in range(first_seed, first_seed + count):
+        ph = make_head_phantom((256, 256), seed=seed) if dim == 2 else \
+            make_head_phantom((96, 192, 192), spacing=(1.25, 1.25, 2.5), seed=seed)
         out.append((normalise_intensity(ph.ct.array), normalise_intensity(ph.mr.array)))
     return out
 
 
-def training_slices(region: str = "head", patients: str | None = None, phantom: bool = False, mr: str = "T1"):
-    """Training slices and a description of where they came from, for ``deepsim similarity train``."""
+def training_slices(region: str = "head", patients: str | None = None, phantom: bool = False, mr: str = "T1",
+                    max_outline_distance: float | None = 3.0, downsample: int = 2, dim: int = 2):
+    """Training slices and a description of where they came from, for ``deepsim similarity train``.
+
+    3D training uses the phantom: the shared data holds no CT/MR head pair aligned in 3D.
+    """
+    if dim == 3:
+        return phantom_slices(2, dim=3), "3D phantom volumes (96 x 192 x 192, 1.25 x 1.25 x 2.5 mm), seeds 0-1"
     if phantom:
-        return phantom_slices(), "phantom slices, seeds 0-5"
+        # The phantom is rendered at 1 mm already: the patch scale the real slices are brought to.
+        return phantom_slices(), "phantom slices (256 x 256, 1 mm), seeds 0-5"
     from ..datasets import CTMRSlices
 
     dataset = CTMRSlices()
     chosen = [p.strip() for p in patients.split(",")] if patients else dataset.patients(region)
-    by_patient = load_region(dataset, mr=mr, patients=chosen)
-    return [s for p in chosen for s in by_patient[p]], f"ct-mr-slices {mr}: {', '.join(chosen)}"
+    for p in chosen:
+        if p not in dataset.patients():
+            raise InputError("--patients", f"unknown patient {p!r}; known: {', '.join(dataset.patients())}")
+    by_patient = select_slices(load_region(dataset, mr=mr, patients=chosen), max_outline_distance, downsample)
+    slices = [s for p in chosen for s in by_patient[p]]
+    return slices, (f"ct-mr-slices {mr}: {', '.join(chosen)}; {len(slices)} slices with body outlines within "
+                    f"{max_outline_distance} px after registration, downsampled x{downsample}")
 
 
 def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:
@@ -73,7 +120,7 @@ def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:
 
 def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int = 2000, setting: str = "paper",
                       variants=tuple(VARIANTS), baselines=BASELINES, seed: int = 0, precision: str = "float32",
-                      **pair_options) -> dict:
+                      cascade: bool = False, **pair_options) -> dict:
     """Pooled psi per metric over leave-one-patient-out folds, with training times.
 
     ``n_test`` patches are split over the patients in proportion to their
@@ -83,17 +130,21 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
     from .similarity_net import LearnedPatchMetric, TrainSettings, train_similarity_net
 
     rng = np.random.default_rng(seed)
-    patients = sorted(slices_by_patient)
+    patients = sorted(p for p in slices_by_patient if slices_by_patient[p])
     counts = np.array([len(slices_by_patient[p]) for p in patients], float)
     per_patient = np.floor(counts / counts.sum() * n_test).astype(int)
     per_patient[np.argsort(-counts)[: n_test - per_patient.sum()]] += 1
-    psi = {name: [] for name in list(variants) + list(baselines)}
+    psi = {name: [] for name in list(variants) + ([CASCADE] if cascade else []) + list(baselines)}
     train_seconds = {name: [] for name in variants}
+    tested = []
     settings = getattr(TrainSettings, setting)() if isinstance(setting, str) else setting
     for fold, (held_out, n) in enumerate(tqdm(list(zip(patients, per_patient)), desc="folds", unit="patient")):
         train = [s for p in patients if p != held_out for s in slices_by_patient[p]]
+        if not train:
+            raise InputError("patients", "leave-patient-out needs slices of at least two patients")
         pairs = pairs_from_slices(train, n_positive=n_pairs, seed=seed + fold, **pair_options)
         tests = test_patches(slices_by_patient[held_out], int(n), rng)
+        tested.extend([held_out] * len(tests))
         for name in variants:
             variant, pretraining = VARIANTS[name]
             t0 = time.perf_counter()
@@ -101,9 +152,18 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
                                           pretraining=pretraining, seed=seed + fold)
             train_seconds[name].append(time.perf_counter() - t0)
             psi[name].extend(rank_errors(tests, LearnedPatchMetric(net, precision=precision)))
+            if cascade and (variant, pretraining) == ("deep", "multimodal"):
+                from .cascade import CascadePatchMetric, hard_negative_pairs
+
+                hard = hard_negative_pairs(train, n_pairs, seed=seed + fold, **pair_options)
+                second, _ = train_similarity_net(hard.ct, hard.mr, hard.labels, settings, seed=seed + fold)
+                metric = CascadePatchMetric(LearnedPatchMetric(net, precision=precision),
+                                            LearnedPatchMetric(second, precision=precision))
+                psi[CASCADE].extend(rank_errors(tests, metric))
         for name in baselines:
             psi[name].extend(rank_errors(tests, get_metric(name)))
-    return {"psi": {k: np.array(v) for k, v in psi.items()}, "train_seconds": train_seconds, "folds": patients}
+    return {"psi": {k: np.array(v) for k, v in psi.items()}, "patient": np.array(tested),
+            "train_seconds": train_seconds, "folds": patients}
 
 
 def results_table(psi: dict) -> str:
@@ -112,4 +172,14 @@ def results_table(psi: dict) -> str:
     for name, values in psi.items():
         s = summarise(values)
         lines.append(f"| {name} | {s['n']} | {s['mean_psi']:.1f} | {s['median_psi']:.0f} | {s['fraction_psi0']:.1%} |")
+    return "\n".join(lines)
+
+
+def per_patient_table(psi: dict, patient: np.ndarray) -> str:
+    """Markdown table of mean psi per held-out patient (rows) and metric (columns)."""
+    names = list(psi)
+    lines = ["| held-out patient | N | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for p in sorted(set(patient.tolist())):
+        pick = patient == p
+        lines.append(f"| {p} | {int(pick.sum())} | " + " | ".join(f"{psi[n][pick].mean():.0f}" for n in names) + " |")
     return "\n".join(lines)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..patch_metrics import PatchMetric
-from ..patches import sliding_patches
 from .similarity_net import PatchSimilarityNet, load_net
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -116,14 +115,15 @@ class LearnedPatchMetric(PatchMetric):
             raise InputError("ct_patch", f"has shape {ct_patch.shape} ({ct_patch.size} voxels) but the network "
                                          f"was trained on patches of {self.patch_voxels} voxels")
         dtype = getattr(torch, self.resolved_precision())
-        windows = sliding_patches(mr_region, ct_patch.shape)
-        grid = windows.shape[:ct_patch.ndim]
-        scores = np.empty(grid, dtype=np.float32)
+        scores = np.empty(tuple(r - p + 1 for r, p in zip(mr_region.shape, ct_patch.shape)), dtype=np.float32)
         rows = max(1, self.chunk_elements // max(self.patch_voxels, self._b_first.shape[0]))
         with torch.inference_mode():
             ct_part = torch.addmv(self._b_first, self._w_ct, torch.from_numpy(ct_patch.ravel()))
-            for index in _row_blocks(grid, rows):
-                block = np.ascontiguousarray(windows[index]).reshape(-1, self.patch_voxels)
-                scores[index] = self._score_rows(torch.from_numpy(block), ct_part, dtype).numpy().reshape(
-                    scores[index].shape)
+            # Unfold the region in the compute precision: each block of patches is copied once, already converted.
+            windows = torch.from_numpy(mr_region).to(dtype)
+            for axis, p in enumerate(ct_patch.shape):
+                windows = windows.unfold(axis, p, 1)  # -> (*positions, *patch)
+            for index in _row_blocks(scores.shape, rows):
+                block = windows[index].reshape(-1, self.patch_voxels)
+                scores[index] = self._score_rows(block, ct_part, dtype).numpy().reshape(scores[index].shape)
         return scores

@@ -12,9 +12,7 @@ fine-tuned with softmax cross-entropy on matching / non-matching pairs.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_output
 from ..errors import InputError
 from .sdae import (TrainSettings, _StageReporter, as_settings, pretrain_multimodal, pretrain_unimodal,
                    run_epochs, sigmoid_init)
@@ -216,18 +215,10 @@ def save_net(net: PatchSimilarityNet, path, metadata: dict | None = None) -> Pat
     payload = {"format": FILE_FORMAT, "version": 1, "config": dict(net.config),
                "state_dict": {k: t.detach().cpu().clone() for k, t in net.state_dict().items()},
                "metadata": dict(net.metadata if metadata is None else metadata)}
-    # A temp file in the same folder, then os.replace: readers never see half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

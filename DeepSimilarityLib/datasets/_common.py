@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..errors import InputError
 from ..paths import data_root
 
@@ -74,14 +73,8 @@ def save_cached(path: Path, key: str, compress: bool = True, **arrays) -> Path:
     into place, so a concurrent reader or a crash never sees half a file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, key=np.array(key), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, key=np.array(key), **arrays)
     return path
 
 

@@ -85,3 +85,27 @@ def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "DeepSimilarityLib", "info", "/nonexistent.nii.gz"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "file not found" in result.stderr
+
+
+def test_train_then_learned_heatmap_2d_and_3d(tmp_path, capsys):
+    weights = tmp_path / "net.pt"
+    assert main(["similarity", "train", "--phantom", "--pairs", "40", "--setting", "modern", "--threads", "1",
+                 "--out", str(weights)]) == 0
+    ct, mr = tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz"
+    assert main(["phantom", "--out-ct", str(ct), "--out-mr", str(mr)]) == 0
+    heat = tmp_path / "heat.nii.gz"
+    assert main(["similarity", "heatmap", "--ct", str(ct), "--mr", str(mr), "--index", "60,128", "--metric", "learned",
+                 "--weights", str(weights), "--cascade", str(weights), "--out", str(heat)]) == 0
+    assert read_image(heat).array.shape == (81, 81)
+    # A 2D network refuses 3D patches with a clear error, not a shape trace.
+    ct3, mr3 = tmp_path / "ct3.nii.gz", tmp_path / "mr3.nii.gz"
+    assert main(["phantom", "--shape", "40,64,64", "--out-ct", str(ct3), "--out-mr", str(mr3)]) == 0
+    code, io = run(["similarity", "heatmap", "--ct", str(ct3), "--mr", str(mr3), "--index", "32,32,20", "--metric",
+                    "learned", "--weights", str(weights), "--neighbourhood", "11", "--depth", "3", "--out", str(heat)], capsys)
+    assert code == 2 and "trained on patches of 289 voxels" in io.err
+    weights3 = tmp_path / "net3.pt"
+    assert main(["similarity", "train", "--dim", "3", "--pairs", "10", "--setting", "modern", "--threads", "1",
+                 "--out", str(weights3)]) == 0
+    assert main(["similarity", "heatmap", "--ct", str(ct3), "--mr", str(mr3), "--index", "32,32,20", "--metric",
+                 "learned", "--weights", str(weights3), "--neighbourhood", "11", "--depth", "3", "--out", str(heat)]) == 0
+    assert read_image(heat).array.shape == (3, 11, 11)

@@ -114,3 +114,21 @@ def test_index_physical_round_trip_and_resampling():
     far = Volume(np.zeros((5, 6, 7), np.float32), v.spacing, (1000.0, 1000.0, 1000.0), v.direction)
     with pytest.raises(InputError, match="do not overlap"):
         check_overlap(v, far)
+
+
+def test_atomic_output_keeps_old_file_on_error_and_gives_normal_permissions(tmp_path):
+    from DeepSimilarityLib.atomic import atomic_output
+
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+    with atomic_output(target) as tmp:
+        open(tmp, "w").write("new")
+    assert target.read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~umask

@@ -79,3 +79,25 @@ def test_registered_phantom_gives_small_rank_error_for_mind_and_large_for_noise(
     noise = rng.random(mr.shape).astype(np.float32)
     psi_noise = rank_errors([(ct, noise, tuple(c)) for c in centres], get_metric("mind"), neighbourhood=21)
     assert psi.mean() < psi_noise.mean()
+
+
+def test_cascade_takes_the_smaller_score_and_hard_negatives_are_dark(phantom_pair):
+    from DeepSimilarityLib.ctmr.cascade import CascadePatchMetric, hard_negative_pairs
+    from DeepSimilarityLib.ctmr.patch_pairs import dark_mask
+
+    class Constant:
+        def __init__(self, value):
+            self.value = value
+
+        def score_map(self, ct_patch, mr_region):
+            n = mr_region.shape[0] - ct_patch.shape[0] + 1
+            return np.full((n, n), self.value, np.float32) + np.arange(n)[:, None]
+
+    m = CascadePatchMetric(Constant(1.0), Constant(-2.0)).score_map(np.zeros((3, 3)), np.zeros((7, 7)))
+    np.testing.assert_array_equal(m[:, 0], np.arange(5) - 2.0)
+    ct, mr, _ = phantom_pair
+    pairs = hard_negative_pairs([(ct, mr)], 40, seed=0)
+    negatives = pairs.mr[pairs.labels == 0]
+    # Negative MR patches are centred on dark MR voxels.
+    centre = negatives[:, 289 // 2]
+    assert np.mean(centre < 0.15) > 0.8 and dark_mask(mr).any()
