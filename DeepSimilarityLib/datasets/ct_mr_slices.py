@@ -4,7 +4,8 @@ Layout: ``Patient_NN/{CT,T1,T2}/KKK.png`` (512x512 8-bit PNG, RGB/RGBA with
 equal channels) and ``patients.csv`` (patient, region head|body, slices).
 Slice KKK of CT, T1 and T2 shows the same level but is not pixel-aligned, so
 :meth:`CTMRSlices.load_pair` registers the MR onto the CT grid (2D affine,
-Mattes MI) and caches the result, as registration takes ~1.5 s per slice.
+Mattes MI, single-threaded so it is reproducible) and caches the result, as
+registration takes ~3 s per slice.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class CTMRSlices:
         """Yield :class:`SlicePair` for every slice of ``patients`` (default all).
 
         Registering all 309 slice triplets (``patients.csv``; the data README
-        says 332) takes ~8 minutes per MR modality on a first pass; later
+        says 332) takes ~15 minutes per MR modality on a first pass; later
         passes read the cache. ``progress`` shows a tqdm bar over slices.
         """
         from tqdm.auto import tqdm
