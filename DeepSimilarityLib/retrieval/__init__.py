@@ -1,0 +1,1 @@
+"""Content-based retrieval: Siamese embeddings, order-sensitive deep hashing, the case database."""
