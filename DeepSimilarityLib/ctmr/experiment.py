@@ -120,7 +120,7 @@ def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:
 
 def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int = 2000, setting: str = "paper",
                       variants=tuple(VARIANTS), baselines=BASELINES, seed: int = 0, precision: str = "float32",
-                      cascade: bool = False, **pair_options) -> dict:
+                      cascade: bool = False, patch_norm: str = "image", **pair_options) -> dict:
     """Pooled psi per metric over leave-one-patient-out folds, with training times.
 
     ``n_test`` patches are split over the patients in proportion to their
@@ -149,14 +149,15 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
             variant, pretraining = VARIANTS[name]
             t0 = time.perf_counter()
             net, _ = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, settings, variant=variant,
-                                          pretraining=pretraining, seed=seed + fold)
+                                          pretraining=pretraining, seed=seed + fold, patch_norm=patch_norm)
             train_seconds[name].append(time.perf_counter() - t0)
             psi[name].extend(rank_errors(tests, LearnedPatchMetric(net, precision=precision)))
             if cascade and (variant, pretraining) == ("deep", "multimodal"):
                 from .cascade import CascadePatchMetric, hard_negative_pairs
 
                 hard = hard_negative_pairs(train, n_pairs, seed=seed + fold, **pair_options)
-                second, _ = train_similarity_net(hard.ct, hard.mr, hard.labels, settings, seed=seed + fold)
+                second, _ = train_similarity_net(hard.ct, hard.mr, hard.labels, settings, seed=seed + fold,
+                                                 patch_norm=patch_norm)
                 metric = CascadePatchMetric(LearnedPatchMetric(net, precision=precision),
                                             LearnedPatchMetric(second, precision=precision))
                 psi[CASCADE].extend(rank_errors(tests, metric))

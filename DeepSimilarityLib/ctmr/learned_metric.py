@@ -7,6 +7,10 @@ once; the remaining layers then run on all M positions. In bfloat16 the big
 matrix products run ~3.5x faster on CPUs with native bf16 (AVX512-BF16/AMX)
 and far slower on others, so ``precision="auto"`` times both once and keeps
 the faster. The last layer (to the two outputs) always runs in float32.
+
+With per-patch normalisation (``patch_norm="patch"``) a window ``p`` enters
+as ``(p - min) / span``; the subtraction is done before the product (no
+cancellation in bfloat16) and the division after it, on the ``H1`` outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..patch_metrics import PatchMetric
-from .similarity_net import PatchSimilarityNet, load_net
+from .similarity_net import PatchSimilarityNet, load_net, minmax_rows
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -56,11 +60,13 @@ class LearnedPatchMetric(PatchMetric):
         self.precision = precision
         self.chunk_elements = int(chunk_elements)
         self.patch_voxels = net.config["patch_voxels"]
+        self.per_patch = net.config["patch_norm"] == "patch"
         with torch.no_grad():
             first = net.hidden[0]
             v = self.patch_voxels
             self._w_ct = first.weight[:, :v].detach().clone()  # (H1, V)
             self._b_first = first.bias.detach().clone()  # (H1,)
+            self._half_row_sums = 0.5 * first.weight[:, v:].sum(1)  # (H1,): the first layer on a constant patch
             self._float = {"w_mr": first.weight[:, v:].detach().clone(),  # (H1, V)
                            "layers": [(l.weight.detach().clone(), l.bias.detach().clone()) for l in net.hidden[1:]]}
             # Only v1 - v2 is needed: the output layer collapses to one row.
@@ -83,7 +89,14 @@ class LearnedPatchMetric(PatchMetric):
     def _score_rows(self, mr: torch.Tensor, ct_part: torch.Tensor, dtype) -> torch.Tensor:
         """Scores ``(m,)`` float32 of MR patches ``(m, V)`` given the CT half ``(H1,)`` of layer 1."""
         w = self._weights_in(dtype)
-        h = torch.sigmoid_(F.linear(mr.to(dtype), w["w_mr"], ct_part.to(dtype)))
+        if self.per_patch:
+            low = mr.amin(1, keepdim=True)
+            span = (mr.amax(1, keepdim=True) - low).float()
+            scale = torch.where(span > 0, 1.0 / span.clamp_min(1e-12), 0.0)  # (m, 1)
+            h = F.linear((mr - low).to(dtype), w["w_mr"]).float().mul_(scale).add_(ct_part)
+            h = torch.sigmoid_(torch.where(span > 0, h, ct_part + self._half_row_sums)).to(dtype)
+        else:
+            h = torch.sigmoid_(F.linear(mr.to(dtype), w["w_mr"], ct_part.to(dtype)))
         for weight, bias in w["layers"]:
             h = torch.sigmoid_(F.linear(h, weight, bias))
         return torch.addmv(self._b_out.expand(h.shape[0]), h.float(), self._w_out)
@@ -118,7 +131,10 @@ class LearnedPatchMetric(PatchMetric):
         scores = np.empty(tuple(r - p + 1 for r, p in zip(mr_region.shape, ct_patch.shape)), dtype=np.float32)
         rows = max(1, self.chunk_elements // max(self.patch_voxels, self._b_first.shape[0]))
         with torch.inference_mode():
-            ct_part = torch.addmv(self._b_first, self._w_ct, torch.from_numpy(ct_patch.ravel()))
+            ct_flat = torch.from_numpy(ct_patch.ravel())
+            if self.per_patch:
+                ct_flat = minmax_rows(ct_flat[None])[0]
+            ct_part = torch.addmv(self._b_first, self._w_ct, ct_flat)
             # Unfold the region in the compute precision: each block of patches is copied once, already converted.
             windows = torch.from_numpy(mr_region).to(dtype)
             for axis, p in enumerate(ct_patch.shape):

@@ -84,7 +84,8 @@ def negative_centres(centres: np.ndarray, shape, rng: np.random.Generator, radiu
 
 def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.Generator, patch_size: int = 17,
                region: np.ndarray | None = None, radius: int = 40, min_distance: int = 2,
-               negative_region: np.ndarray | None = None) -> PatchPairs:
+               negative_region: np.ndarray | None = None, negatives_per_positive: int = 1,
+               positive_jitter: int = 0) -> PatchPairs:
     """Balanced positives and negatives from one registered CT/MR pair of [0, 1] arrays.
 
     Args:
@@ -93,7 +94,13 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
         region: where positive centres may lie (default: :func:`skull_edge_mask`).
         radius, min_distance: where negatives lie relative to their positive.
         negative_region: restrict negative MR centres to this mask (cascade).
+        negatives_per_positive: each CT patch is paired with this many other MR positions.
+        positive_jitter: positive MR patches lie up to this many voxels (Chebyshev) off
+            the CT position; 1 matches the 3 x 3 tolerance of the rank-error evaluation.
     """
+    if negatives_per_positive < 1 or positive_jitter < 0 or positive_jitter >= min_distance:
+        raise InputError("pairs", f"need negatives_per_positive >= 1 and 0 <= positive_jitter < min_distance "
+                                  f"({min_distance}), got {negatives_per_positive} and {positive_jitter}")
     if ct.shape != mr.shape:
         raise InputError("mr", f"shape {mr.shape} differs from the CT's {ct.shape}; register and resample first")
     region = skull_edge_mask(ct) if region is None else region
@@ -101,13 +108,17 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
     if len(centres) == 0:
         return PatchPairs(np.zeros((0, patch_size ** ct.ndim), np.float32), np.zeros((0, patch_size ** ct.ndim), np.float32),
                           np.zeros(0, np.int64))
-    others = negative_centres(centres, np.array(ct.shape), rng, radius, min_distance, negative_region)
+    repeated = np.repeat(centres, negatives_per_positive, axis=0)
+    others = negative_centres(repeated, np.array(ct.shape), rng, radius, min_distance, negative_region)
+    shifted = np.clip(centres + rng.integers(-positive_jitter, positive_jitter + 1, centres.shape), 0,
+                      np.array(ct.shape) - 1) if positive_jitter else centres
     size = (patch_size,) * ct.ndim
     ct_p = np.stack([crop(ct, c, size).ravel() for c in centres])
-    mr_pos = np.stack([crop(mr, c, size).ravel() for c in centres])
+    mr_pos = np.stack([crop(mr, c, size).ravel() for c in shifted])
     mr_neg = np.stack([crop(mr, c, size).ravel() for c in others])
-    labels = np.concatenate([np.ones(len(centres), np.int64), np.zeros(len(centres), np.int64)])
-    return PatchPairs(np.concatenate([ct_p, ct_p]), np.concatenate([mr_pos, mr_neg]), labels)
+    labels = np.concatenate([np.ones(len(centres), np.int64), np.zeros(len(others), np.int64)])
+    return PatchPairs(np.concatenate([ct_p, np.repeat(ct_p, negatives_per_positive, axis=0)]),
+                      np.concatenate([mr_pos, mr_neg]), labels)
 
 
 def pairs_from_slices(slices, n_positive: int = 2000, seed: int = 0, patch_size: int = 17, **kwargs) -> PatchPairs:

@@ -27,6 +27,7 @@ from .sdae import (TrainSettings, _StageReporter, as_settings, pretrain_multimod
                    run_epochs, sigmoid_init)
 
 VARIANTS = ("deep", "shallow")
+PATCH_NORMS = ("image", "patch")
 PRETRAININGS = ("multimodal", "unimodal", "none")
 FILE_FORMAT = "DeepSimilarity/ctmr PatchSimilarityNet"
 
@@ -44,10 +45,12 @@ def check_config(config: dict | None = None, name: str = "config") -> dict:
 
     Keys: ``patch_voxels`` (289), ``layers`` (``[2 * patch_voxels, 300, 100]``),
     ``variant`` (``"deep"``; ``"shallow"`` drops the last hidden layer),
-    ``pretraining`` (``"multimodal"``, ``"unimodal"`` or ``"none"``; recorded, not used by the layers).
+    ``pretraining`` (``"multimodal"``, ``"unimodal"`` or ``"none"``; recorded, not used by the layers),
+    ``patch_norm`` (``"image"``: patches as cut from the [0, 1] images, the paper's input;
+    ``"patch"``: every patch rescaled to [0, 1] by its own minimum and maximum, see :func:`minmax_rows`).
     """
     config = dict(config or {})
-    unknown = set(config) - {"patch_voxels", "layers", "variant", "pretraining"}
+    unknown = set(config) - {"patch_voxels", "layers", "variant", "pretraining", "patch_norm"}
     if unknown:
         raise InputError(name, f"unknown keys {sorted(unknown)}")
     try:
@@ -56,14 +59,30 @@ def check_config(config: dict | None = None, name: str = "config") -> dict:
     except (TypeError, ValueError) as err:
         raise InputError(name, f"patch_voxels and layers must be integers ({err})") from None
     out = {"patch_voxels": v, "layers": layers, "variant": config.get("variant", "deep"),
-           "pretraining": config.get("pretraining", "multimodal")}
+           "pretraining": config.get("pretraining", "multimodal"), "patch_norm": config.get("patch_norm", "image")}
     if v < 1 or len(layers) != 3 or min(layers) < 1:
         raise InputError(name, f"needs patch_voxels >= 1 and three positive layer sizes, got {v} and {layers}")
     if out["variant"] not in VARIANTS:
         raise InputError(name, f"variant must be one of {VARIANTS}, got {out['variant']!r}")
+    if out["patch_norm"] not in PATCH_NORMS:
+        raise InputError(name, f"patch_norm must be one of {PATCH_NORMS}, got {out['patch_norm']!r}")
     if out["pretraining"] not in PRETRAININGS:
         raise InputError(name, f"pretraining must be one of {PRETRAININGS}, got {out['pretraining']!r}")
     return out
+
+
+def minmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``(N, V)`` rescaled to [0, 1] by its own min and max; constant rows become 0.5.
+
+    Why: the windowing of the CT/MR PNGs differs between patients (one head
+    patient's MR tissue sits at 0.8 where the others' sit at 0.3-0.4), and a
+    network on image-normalised patches learns absolute grey values that do
+    not transfer; per-patch rescaling keeps only the local structure, which
+    NMI and LCC rely on too.
+    """
+    low = x.amin(1, keepdim=True)
+    span = x.amax(1, keepdim=True) - low
+    return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), torch.full_like(x, 0.5))
 
 
 def hidden_sizes(config: dict) -> list[int]:
@@ -124,6 +143,8 @@ class PatchSimilarityNet(nn.Module):
 
     def forward(self, ct: torch.Tensor, mr: torch.Tensor) -> torch.Tensor:
         """Pre-activation outputs ``(B, 2)`` = ``(v1, v2)`` of patches ``ct``, ``mr`` ``(B, V)``."""
+        if self.config["patch_norm"] == "patch":
+            ct, mr = minmax_rows(ct), minmax_rows(mr)
         h = torch.cat([ct, mr], 1)
         for layer in self.hidden:
             h = torch.sigmoid(layer(h))
@@ -172,7 +193,7 @@ def finetune(net: PatchSimilarityNet, ct, mr, labels, settings: TrainSettings | 
 
 def train_similarity_net(ct, mr, labels, settings: TrainSettings | str = "paper", variant: str = "deep",
                          pretraining: str = "multimodal", seed: int = 0, progress=None, should_stop=None,
-                         layers=None) -> tuple[PatchSimilarityNet, dict]:
+                         layers=None, patch_norm: str = "image") -> tuple[PatchSimilarityNet, dict]:
     """Pre-trains (SDAE) and fine-tunes a network on pairs ``ct``, ``mr`` ``(N, V)`` in [0, 1], labels ``(N,)``.
 
     ``progress(stage, fraction)`` gets the overall fraction done; ``should_stop()``
@@ -184,7 +205,7 @@ def train_similarity_net(ct, mr, labels, settings: TrainSettings | str = "paper"
     ct, mr, labels = _as_inputs(ct, mr, labels)
     v = ct.shape[1]
     config = check_config({"patch_voxels": v, "layers": layers or [2 * v, 300, 100], "variant": variant,
-                           "pretraining": pretraining})
+                           "pretraining": pretraining, "patch_norm": patch_norm})
     generator = torch.Generator().manual_seed(int(seed))
     hidden = hidden_sizes(config)
     n_stages = {"multimodal": len(hidden) + 1, "unimodal": len(hidden), "none": 0}[pretraining]
@@ -195,8 +216,10 @@ def train_similarity_net(ct, mr, labels, settings: TrainSettings | str = "paper"
         net = PatchSimilarityNet(config, generator)
     else:
         pretrain = pretrain_multimodal if pretraining == "multimodal" else pretrain_unimodal
-        stack, history["pretrain_loss"] = pretrain(ct, mr, hidden, settings, generator, progress, should_stop,
-                                                   _span=(0.0, span))
+        # The autoencoders see the inputs the network's first layer will see.
+        pre_ct, pre_mr = (minmax_rows(ct), minmax_rows(mr)) if patch_norm == "patch" else (ct, mr)
+        stack, history["pretrain_loss"] = pretrain(pre_ct, pre_mr, hidden, settings, generator, progress,
+                                                   should_stop, _span=(0.0, span))
         net = PatchSimilarityNet.from_sdae(stack, config, generator)
     tuned = finetune(net, ct, mr, labels, settings, generator,
                      _StageReporter(progress, 1, span, 1.0 - span).stage(0, "finetune"), should_stop)
