@@ -228,7 +228,7 @@ class CaseDatabase(CaseStore):
 
     def info(self) -> dict:
         out = super().info()
-        out.update(model=self.model, file_bytes=self.path.stat().st_size)
+        out["file_bytes"] = self.path.stat().st_size
         labels = {}
         with self._errors():
             for (text,) in self._db.execute("SELECT labels FROM cases WHERE labels != '[]'"):

@@ -123,20 +123,21 @@ class CaseStore:
 
     # -- adding ------------------------------------------------------------
     def add(self, cases: Iterable[NewCase], encoder=None, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
-            progress: bool = True, total: int | None = None) -> AddReport:
+            progress: bool = True, total: int | None = None, report: AddReport | None = None) -> AddReport:
         """Add cases in batches, one transaction each; sources already present are skipped before encoding.
 
         Re-running an interrupted add resumes it: nothing is duplicated and
         committed batches are kept. Cases without ``code`` are encoded by
         ``encoder`` (its model must be the database's). Raises
         :class:`AddCancelled` (with the report) when ``should_stop()`` is true
-        between batches.
+        between batches. ``report``: an :class:`AddReport` to fill as batches
+        commit, so a caller still has it after an exception (e.g. Ctrl-C).
         """
         from .images import prepare_images
 
         if encoder is not None:
             self.check_model(encoder.model_id, encoder.kind, encoder.size)
-        report, batch = AddReport(), []
+        report, batch = report if report is not None else AddReport(), []
         if total is None and hasattr(cases, "__len__"):
             total = len(cases)
         bar = tqdm(total=total, unit="case", desc="adding", disable=not progress)
@@ -237,7 +238,8 @@ class CaseStore:
     # -- description, export, import -----------------------------------------
     def info(self) -> dict:
         return {"location": self.location, "backend": self.backend, "model_id": self.model_id, "kind": self.kind,
-                "size": self.size, "created": self.created, "cases": self.count(), "schema_version": SCHEMA_VERSION}
+                "size": self.size, "created": self.created, "model": getattr(self, "model", ""), "cases": self.count(),
+                "schema_version": SCHEMA_VERSION}
 
     def export(self, path) -> dict:
         """Write every case to a portable ``.npz`` (codes + JSON records + info), atomically."""

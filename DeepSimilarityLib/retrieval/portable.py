@@ -36,7 +36,8 @@ def write_export(store, path) -> dict:
         records.extend([s, l, m] for s, l, m in zip(sources, labels, metadata))
     codes = np.concatenate(codes) if codes else np.empty((0, store.code_width), store.code_dtype)
     info = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "model_id": store.model_id, "kind": store.kind,
-            "size": store.size, "created": store.created, "exported": now(), "cases": len(records)}
+            "size": store.size, "model": getattr(store, "model", ""), "created": store.created, "exported": now(),
+            "cases": len(records)}
     with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, codes=codes, records=_json_array(records), info=_json_array(info))
     return info
