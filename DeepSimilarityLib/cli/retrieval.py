@@ -113,7 +113,7 @@ def run_add(args):
     if args.labels and not args.folder:
         raise InputError("--labels", "needs --folder (file names in the CSV are relative to it)")
     cases = []
-    if args.folder:
+    if args.folder:  # the folder's cases are listed (and the CSV checked) before the database is opened
         cases = folder_cases(args.folder, args.labels, image_column=args.image_column, label_column=args.label_column,
                              sep=args.sep, none_label=args.none_label or None)
     for image in args.images:

@@ -184,6 +184,16 @@ class CaseStore:
             bar.close()
         return report
 
+    def add_folder(self, folder, encoder, labels_csv=None, csv_options: dict | None = None, **options) -> AddReport:
+        """Add the images of ``folder`` (sources: absolute paths), labelled from ``labels_csv`` if given.
+
+        ``csv_options``: ``image_column``, ``label_column``, ``sep``, ``none_label``
+        (see :func:`.images.read_labels_csv`); other options go to :meth:`add`.
+        """
+        from .images import folder_cases
+
+        return self.add(folder_cases(folder, labels_csv, **(csv_options or {})), encoder, **options)
+
     def add_codes(self, sources: Sequence[str], codes, model_id: str, labels=None, metadata=None,
                   batch_size: int = 10_000, **options) -> AddReport:
         """Add precomputed codes ``(N, width)`` of model ``model_id`` (checked against the database's)."""

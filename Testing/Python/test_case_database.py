@@ -356,6 +356,17 @@ def test_cli_bad_inputs_exit_2(tmp_path, image_folder, capsys):
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "x.db").exists()
 
 
+def test_add_folder_with_labels_csv(tmp_path, image_folder):
+    enc = ThumbnailEncoder()
+    with create_database(tmp_path / "c.db", enc.model_id, enc.kind, enc.size) as db:
+        report = db.add_folder(image_folder, enc, tmp_path / "labels.csv", progress=False)
+        assert len(report.added) == 12
+        m = db.query_images([image_folder / "im04.png"], enc, k=1, labels=["Mass", "Effusion"])[0][0]
+        assert Path(m.source) == (image_folder / "im04.png").resolve() and m.labels == ["Mass"]
+        assert m.shared_labels == ["Mass"] and m.metadata == {"patient": "P2"}
+        assert db.add_folder(image_folder, enc, progress=False).skipped == 12
+
+
 def test_load_encoder_dispatches_on_format(tmp_path):
     assert load_encoder(save_thumbnail_model(tmp_path / "m.json", "dense", 8)).model_id == "thumbnail-dense-8x8-v1"
     (tmp_path / "odd.json").write_text('{"format": "nope"}')
