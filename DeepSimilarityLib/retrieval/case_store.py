@@ -20,8 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..ctmr.sdae import TrainingCancelled
-from ..errors import InputError
+from ..errors import InputError, TrainingCancelled
 from .encoder import KINDS
 
 SCHEMA_VERSION = 1

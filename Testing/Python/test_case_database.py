@@ -246,26 +246,29 @@ def check_consistent(path, n):
         np.testing.assert_array_equal(np.frombuffer(code, np.uint8), expected_code(int(source[4:])))
 
 
-def test_sigkill_mid_add_leaves_a_valid_database_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("delay, total", [(0.05, 200), (0.0, 1000)], ids=["kill-while-encoding", "kill-anywhere"])
+def test_sigkill_mid_add_leaves_a_valid_database_and_resume_completes(tmp_path, delay, total):
     enc = ThumbnailEncoder()
     path = tmp_path / "c.db"
     create_database(path, enc.model_id, enc.kind, enc.size).close()
-    proc = run_writer(path, 0, 200, 0.05)
-    for _ in range(4):  # let three batches commit, kill while the fourth is being encoded
+    proc = run_writer(path, 0, total, delay)
+    # slow encoder: three batches commit, the kill lands while the fourth is encoded;
+    # no delay: the kill lands wherever the writer is (encoding, inserting, committing)
+    for _ in range(4):
         assert proc.stdout.readline().startswith("encoding")
-    time.sleep(0.02)
+    time.sleep(delay / 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     with open_database(path) as db:
         n = db.count()
-    assert 30 <= n < 200 and n % 10 == 0  # whole batches only
+    assert 30 <= n < total and n % 10 == 0  # whole batches only
     check_consistent(path, n)
-    proc = run_writer(path, 0, 200, 0.0)
+    proc = run_writer(path, 0, total, 0.0)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert f"{200 - n} cases added, {n} already present" in out
-    check_consistent(path, 200)
+    assert f"{total - n} cases added, {n} already present" in out
+    check_consistent(path, total)
 
 
 def test_two_writer_processes_at_once(tmp_path):
