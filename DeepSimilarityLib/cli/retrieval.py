@@ -125,6 +125,11 @@ def run_add(args):
         report = AddReport()
         try:
             db.add(cases, encoder, batch_size=args.batch_size, report=report)
+        except InputError as exc:  # e.g. an unreadable image: say what the earlier batches committed
+            if report.added or report.skipped:
+                raise InputError(exc.name, f"{exc.problem} ({report} before it, committed; fix it and run the "
+                                           f"same command again to resume)") from None
+            raise
         except KeyboardInterrupt:
             print(f"deepsim: cancelled; {report} before the stop (committed). Run the same command again to resume.",
                   file=sys.stderr)

@@ -122,12 +122,14 @@ class CaseStore:
 
     # -- adding ------------------------------------------------------------
     def add(self, cases: Iterable[NewCase], encoder=None, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
-            progress: bool = True, total: int | None = None, report: AddReport | None = None) -> AddReport:
+            progress: bool = True, total: int | None = None, report: AddReport | None = None,
+            model_id: str | None = None) -> AddReport:
         """Add cases in batches, one transaction each; sources already present are skipped before encoding.
 
         Re-running an interrupted add resumes it: nothing is duplicated and
         committed batches are kept. Cases without ``code`` are encoded by
-        ``encoder`` (its model must be the database's). Raises
+        ``encoder`` (its model must be the database's); cases with a ``code``
+        need ``model_id`` (or the encoder) naming the model that made it. Raises
         :class:`AddCancelled` (with the report) when ``should_stop()`` is true
         between batches. ``report``: an :class:`AddReport` to fill as batches
         commit, so a caller still has it after an exception (e.g. Ctrl-C).
@@ -136,6 +138,8 @@ class CaseStore:
 
         if encoder is not None:
             self.check_model(encoder.model_id, encoder.kind, encoder.size)
+        if model_id is not None:
+            self.check_model(model_id)
         report, batch = report if report is not None else AddReport(), []
         if total is None and hasattr(cases, "__len__"):
             total = len(cases)
@@ -151,6 +155,8 @@ class CaseStore:
             report.skipped += len(batch) - len(todo)
             if todo:
                 to_encode = [c for c in todo if c.code is None]
+                if len(to_encode) < len(todo) and encoder is None and model_id is None:
+                    raise InputError("model_id", "cases with precomputed codes need the model_id of the model that made them")
                 if to_encode and encoder is None:
                     raise InputError(to_encode[0].source, "has no code and no encoder was given")
                 if to_encode:
@@ -205,7 +211,7 @@ class CaseStore:
         cases = [NewCase(str(s), labels=list(l), metadata=dict(m), code=c)
                  for s, c, l, m in zip(sources, codes, labels, metadata)]
         options.setdefault("progress", False)
-        return self.add(cases, batch_size=batch_size, **options)
+        return self.add(cases, batch_size=batch_size, model_id=model_id, **options)
 
     def remove(self, sources: Sequence[str]) -> int:
         """Remove the cases with these sources; returns how many existed."""

@@ -111,6 +111,8 @@ def test_model_mismatch_is_refused(tmp_path, uri):
             db.add_codes(["a"], np.zeros((1, 8), np.uint8), model_id=sign.model_id)
         with pytest.raises(InputError, match="refusing"):
             db.query_images(images(1), dense)
+        with pytest.raises(InputError, match="need the model_id"):
+            db.add([NewCase("a", code=np.zeros(32, np.uint8))], progress=False)
         assert db.count() == 0
     other = create_database(tmp_path / "other.db", sign8.model_id, sign8.kind, sign8.size)
     other.add(cases_of(images(3)), sign8, progress=False)
@@ -357,6 +359,17 @@ def test_cli_bad_inputs_exit_2(tmp_path, image_folder, capsys):
         assert code == 2, args
         assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err, (args, err)
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "x.db").exists()
+
+
+def test_cli_add_stopped_by_a_bad_image_says_what_was_committed(tmp_path, image_folder, capsys):
+    (image_folder / "zz_broken.png").write_bytes(b"\x89PNG broken")
+    db = tmp_path / "c.db"
+    assert main(["index", "create", "--db", str(db), "--model", "thumbnail-sign"]) == 0
+    assert main(["index", "add", "--db", str(db), "--folder", str(image_folder), "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "zz_broken.png: cannot read image" in err and "12 cases added, 0 already present before it" in err
+    with open_database(db) as d:
+        assert d.count() == 12
 
 
 def test_add_folder_with_labels_csv(tmp_path, image_folder):
