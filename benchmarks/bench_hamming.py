@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from DeepSimilarityLib.atomic import atomic_output  # noqa: E402
 from DeepSimilarityLib.cli.common import write_json  # noqa: E402
 from DeepSimilarityLib.datasets import CHESTXRAY14_LABELS  # noqa: E402
 from DeepSimilarityLib.retrieval.case_database import CaseDatabase  # noqa: E402
@@ -134,7 +135,6 @@ def main(argv=None):
         ivf_c.build().nprobe = nprobe
         res["clustered"]["approx"].append({"nprobe": nprobe, "recall_at_100": recall(exact_cd, ivf_c.search(cq, K)[1]),
                                            "qps": per_second(lambda q: ivf_c.search(q[None], K), cq, 1.0)})
-    del flat_c, ivf_c, clustered
 
     # the SQLite database: add time, file size vs raw bytes, load-into-index time, query through the database
     sources, labels, meta = metadata_rows(args.n, rng)
@@ -161,12 +161,17 @@ def main(argv=None):
                       "build < 30 s": max(res["exact_build_s"], res["approx_build_s"]) < 30,
                       "db size <= 2x raw": res["db_size_ratio"] <= 2}
     write_json(res, args.out)
-    print_table(res)
-    print(f"wrote {args.out}")
+    table = print_table(res)
+    with atomic_output(Path(args.out).with_suffix(".md")) as tmp:
+        Path(tmp).write_text(table)
+    print(table)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
 
 
 def print_table(r):
+    lines = []
+    print = lines.append  # noqa: A001 - the table goes to stdout and to the .md beside the JSON
     print(f"\nTop-{K} Hamming search, {r['n_codes']:,} random 64-bit codes, one thread (faiss {r['faiss']})\n")
     print("| method | queries/s | recall@100 (tie-aware / id overlap) |\n|---|---:|---:|")
     print(f"| numpy scan, np.bitwise_count on 64-bit words (baseline) | {r['numpy_scan_qps']:.0f} | 1.000 |")
@@ -189,6 +194,7 @@ def print_table(r):
     print(f"database file {r['db_file_bytes'] / 1e6:.1f} MB vs raw codes + metadata {r['raw_bytes'] / 1e6:.1f} MB "
           f"= {r['db_size_ratio']:.2f}x")
     print("targets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["targets"].items()))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

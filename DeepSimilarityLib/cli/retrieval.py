@@ -8,7 +8,6 @@ model file or a built-in name, see ``retrieval.encoders``); after
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

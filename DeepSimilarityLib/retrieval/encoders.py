@@ -114,7 +114,7 @@ def load_encoder(model):
     if not path.exists():
         if str(model) in _LOADERS and str(model).startswith("thumbnail"):
             return _LOADERS[str(model)]({}, None)
-        raise InputError(model, f"model file not found (built-in encoders: thumbnail-sign, thumbnail-dense)")
+        raise InputError(model, "model file not found (built-in encoders: thumbnail-sign, thumbnail-dense)")
     header = _read_header(path)
     loader = _LOADERS.get(header["format"])
     if loader is None:
