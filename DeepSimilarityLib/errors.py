@@ -15,3 +15,11 @@ class InputError(ValueError):
         self.name = str(name)
         self.problem = str(problem)
         super().__init__(f"{self.name}: {self.problem}")
+
+
+class TrainingCancelled(Exception):
+    """Raised inside long work (training, filling a case database) when ``should_stop()`` returned true.
+
+    Defined here, free of torch, so that modules without torch (the case
+    database) raise the same exception; ``ctmr.sdae`` re-exports it.
+    """

@@ -23,14 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, TrainingCancelled
 
 Progress = Callable[[str, float], None]
 ShouldStop = Callable[[], bool]
-
-
-class TrainingCancelled(Exception):
-    """Raised inside training when ``should_stop()`` returned true."""
 
 
 @dataclass(frozen=True)

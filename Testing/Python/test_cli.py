@@ -58,7 +58,7 @@ def test_bad_inputs_write_nothing(tmp_path, capsys):
         (["register", "--fixed", str(ct), "--moving", str(ct), "--out-warped", str(tmp_path / "no" / "w.nii.gz")], "does not exist"),
         (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "learned",
           "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "h.nii.gz")], "deepsim similarity train"),
-        (["index", "create"], "not available"),
+        (["query", "--db", str(tmp_path / "none.db"), "--image", str(ct)], "case database not found"),
     ]
     for args, message in cases:
         code, io = run(args, capsys)
