@@ -102,3 +102,18 @@ def split_set(data: RetrievalSet, test_fraction: float = 0.2, seed: int = 0) -> 
         is_test = np.array([g.startswith("test") for g in data.groups])
         return np.flatnonzero(~is_test), np.flatnonzero(is_test)
     return split_indices_by_patient(data.groups, test_fraction=test_fraction, seed=seed)
+
+
+def patient_folds(data: RetrievalSet, n_folds: int = 3, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train_idx, query_idx)] * n_folds``: every patient is a query in exactly one fold.
+
+    A set with its own fixed split (pneumoniamnist) gives that one split.
+    """
+    if data.name == "pneumoniamnist" or n_folds == 1:
+        return [split_set(data, seed=seed)]
+    patients = sorted(set(data.groups), key=str)
+    if not 2 <= n_folds <= len(patients):
+        raise InputError("folds", f"must be between 2 and {len(patients)} patients, got {n_folds}")
+    fold_of = {patients[i]: k % n_folds for k, i in enumerate(np.random.default_rng(seed).permutation(len(patients)))}
+    fold = np.array([fold_of[g] for g in data.groups])
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_folds)]
