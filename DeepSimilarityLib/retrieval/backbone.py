@@ -85,3 +85,29 @@ def weight_penalty(net: nn.Module) -> torch.Tensor:
 def batched(fn, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """``fn`` over ``x`` in batches (inference, no gradients)."""
     return torch.cat([fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)]) if x.shape[0] else fn(x)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, x: torch.Tensor, batch: int = 64) -> None:
+    """Re-estimate every batch-norm layer's running statistics on ``x`` ``(N, 1, H, W)`` (no augmentation).
+
+    The running averages kept during training trail a network that keeps
+    changing and saw augmented images; in eval mode they then shift the
+    features (and flip hash bits) away from what training saw.
+    """
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    net.train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    for i in range(0, len(x), batch):
+        idx = order[i:i + batch]
+        if len(idx) > 1:
+            net(x[idx])
+    for m, momentum in zip(layers, saved):
+        m.momentum = momentum
+    net.eval()

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..ctmr.sdae import TrainSettings, run_epochs
 from ..errors import InputError
-from .backbone import as_batch, augment, backbone_config, make_backbone, weight_penalty
+from .backbone import as_batch, augment, backbone_config, make_backbone, recalibrate_batchnorm, weight_penalty
 from .hashing_losses import dsh_loss, hashnet_loss, multilabel_bce, order_sensitive_ranking_loss
 
 METHODS = ("osdh", "osdh-r", "osdh-c", "dsh", "hashnet")
@@ -67,7 +67,7 @@ class HashSettings:
 
 
 class HashingNet(nn.Module):
-    """Images ``(B, 1, H, W)`` -> hash-layer outputs ``z`` ``(B, k)``; codes are ``sign(z)``.
+    """Images ``(B, 1, H, W)`` -> batch-normalised hash-layer outputs ``z`` ``(B, k)``; codes are ``sign(z)``.
 
     ``relaxed(x)`` gives ``tanh(alpha z)`` (or ``z`` for DSH) and the label
     logits ``(B, L)`` computed from it.
@@ -78,11 +78,14 @@ class HashingNet(nn.Module):
         self.config = dict(config)
         self.backbone, n = make_backbone(config)
         self.hash = nn.Linear(n, config["n_bits"])
+        # Normalising each bit's pre-activation over the batch (no learnt shift) keeps the bits
+        # balanced: without it the label loss drove every image to one constant code on NIH.
+        self.balance = nn.BatchNorm1d(config["n_bits"], affine=False)
         self.classifier = nn.Linear(config["n_bits"], config["n_labels"])
         self.alpha = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash(self.backbone(x))
+        return self.balance(self.hash(self.backbone(x)))
 
     def relaxed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.forward(x)
@@ -143,7 +146,7 @@ def train_hashing(images: np.ndarray, labels: np.ndarray, n_bits: int = 64, sett
     net.train()
     optim = TrainSettings(optimizer="adam", lr=settings.lr, batch_size=settings.batch_size)
     losses = run_epochs(loss_fn, len(x), net.parameters(), optim, settings.epochs, g, on_epoch, should_stop)
-    net.eval()
+    recalibrate_batchnorm(net, x, settings.batch_size)
     return net, {"loss": losses, "seconds": time.perf_counter() - start, "settings": asdict(settings)}
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..ctmr.sdae import TrainSettings, run_epochs
 from ..errors import InputError
-from .backbone import as_batch, augment, backbone_config, make_backbone, weight_penalty
+from .backbone import as_batch, augment, backbone_config, make_backbone, recalibrate_batchnorm, weight_penalty
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,12 @@ def model_config(kind: str, image_size, n_classes: int, depth=10, width=16, stem
     return config
 
 
-def _train(net, loss_fn, n, settings, generator, progress, should_stop) -> list[float]:
+def _train(net, loss_fn, x, settings, generator, progress, should_stop) -> list[float]:
     optim = TrainSettings(optimizer="adam", lr=settings.lr, batch_size=settings.batch_size)
     on_epoch = (lambda f: progress("train", f)) if progress is not None else None
     net.train()
-    losses = run_epochs(loss_fn, n, net.parameters(), optim, settings.epochs, generator, on_epoch, should_stop)
-    net.eval()
+    losses = run_epochs(loss_fn, len(x), net.parameters(), optim, settings.epochs, generator, on_epoch, should_stop)
+    recalibrate_batchnorm(net, x, settings.batch_size)
     return losses
 
 
@@ -138,7 +138,7 @@ def train_siamese(images: np.ndarray, classes: np.ndarray, settings: SiameseSett
         return contrastive_loss(a, b, torch.from_numpy(same), settings.margin) + settings.weight_decay * weight_penalty(net)
 
     start = time.perf_counter()
-    losses = _train(net, loss_fn, len(x), settings, g, progress, should_stop)
+    losses = _train(net, loss_fn, x, settings, g, progress, should_stop)
     return net, {"loss": losses, "seconds": time.perf_counter() - start, "settings": asdict(settings)}
 
 
@@ -158,5 +158,5 @@ def train_classifier(images: np.ndarray, classes: np.ndarray, settings: SiameseS
         return F.cross_entropy(logits, y[idx]) + settings.weight_decay * weight_penalty(net)
 
     start = time.perf_counter()
-    losses = _train(net, loss_fn, len(x), settings, g, progress, should_stop)
+    losses = _train(net, loss_fn, x, settings, g, progress, should_stop)
     return net, {"loss": losses, "seconds": time.perf_counter() - start, "settings": asdict(settings)}
