@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..atomic import atomic_output
 
 NAMES = {"osdh": "OSDH", "osdh-r": "OSDH-R (lambda_R=0)", "osdh-c": "OSDH-C (lambda_C=0)", "dsh": "DSH",
@@ -58,15 +56,15 @@ def hashing_plot(result: dict, path) -> None:
 
 
 def siamese_table(results: list) -> str:
-    lines = ["| data | queries | Siamese MAP | supervised MAP | Siamese MRR | supervised MRR | random MAP | |MAP diff| <= 0.03 | |MRR diff| <= 0.03 |",
+    lines = ["| data | queries | Siamese MAP | supervised MAP | Siamese MRR | supervised MRR | random MAP | Siamese MAP >= supervised - 0.03 | Siamese MRR >= supervised - 0.03 |",
              "|---|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
     for r in results:
         s, b = r["siamese"], r["supervised"]
-        ok = lambda a, c: "yes" if abs(a - c) <= 0.03 else "no"  # noqa: E731
+        ok = lambda a, c: "yes" if a >= c - 0.03 else "no"  # noqa: E731  (the paper: Siamese no worse than supervised)
         lines.append(f"| {r['dataset']} ({r['folds']} fold{'s' * (r['folds'] > 1)}) | {s['queries']} | {s['map']:.3f} | "
                      f"{b['map']:.3f} | {s['mrr']:.3f} | {b['mrr']:.3f} | {r['random_map']:.3f} | "
                      f"{ok(s['map'], b['map'])} | {ok(s['mrr'], b['mrr'])} |")
     return "\n".join(lines)
 
 
-__all__ = ["hashing_plot", "hashing_table", "siamese_table", "np"]
+__all__ = ["hashing_plot", "hashing_table", "siamese_table"]

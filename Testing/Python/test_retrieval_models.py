@@ -40,7 +40,7 @@ def test_partners_are_balanced_and_labelled_right():
 
 def test_siamese_and_classifier_separate_toy_classes(tmp_path):
     images, classes, _ = toy_set()
-    settings = SiameseSettings(epochs=3, batch_size=16, shift=1)
+    settings = SiameseSettings(epochs=10, batch_size=16, shift=1)
     siamese, hist = train_siamese(images, classes, settings, embedding_dim=8, **ARCH)
     classifier, _ = train_classifier(images, classes, settings, **ARCH)
     q_images, q_classes, _ = toy_set(10, seed=1)
@@ -50,7 +50,7 @@ def test_siamese_and_classifier_separate_toy_classes(tmp_path):
         e_db, e_q = enc.encode(images), enc.encode(q_images)
         assert e_db.dtype == np.float32 and e_db.shape == (len(images), enc.size)
         ranked = m.ranked_relevance(m.euclidean_distances(e_q, e_db), m.same_class(q_classes, classes))
-        assert m.map_mrr(ranked)["map"] > 0.8
+        assert m.map_mrr(ranked)["map"] > 0.8, net.config["kind"]  # chance: 0.5
     path = save_model(siamese, tmp_path / "siamese.pt", {"note": "toy"})
     enc = load_retrieval_model(path)
     assert len(enc.model_id) == 64 and enc.metadata == {"note": "toy"}
