@@ -29,10 +29,19 @@ def register_parser(sub):
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--out-dir", default="benchmarks/results", help="folder for the table, JSON and Psi plot")
     r.set_defaults(func=run_rank_error)
-    for name, text in (("registration", "Dice and folding of learned registration per loss"),
-                       ("retrieval", "MAP/MRR and NDCG/ACG/weighted mAP of retrieval")):
-        k = kinds.add_parser(name, help=text)
-        k.set_defaults(func=not_yet(f"the {name} evaluation"))
+    k = kinds.add_parser("registration", help="Dice and folding of learned registration per loss")
+    k.set_defaults(func=not_yet("the registration evaluation"))
+    k = kinds.add_parser("retrieval", help="MAP/MRR (Siamese vs supervised) and NDCG/ACG/weighted mAP (hashing)",
+                         description="Trains and evaluates the retrieval models with queries held out by patient; "
+                                     "writes tables, JSON and plots (benchmarks/eval_retrieval.py, eval_hashing.py).")
+    k.add_argument("--task", default="both", choices=["siamese", "hashing", "both"])
+    k.add_argument("--quick", action="store_true", help="1 fold, fewer epochs (and 16/64 bits only): minutes")
+    k.add_argument("--folds", type=int, default=3, help="patient folds (default 3: every patient a query once)")
+    k.add_argument("--dataset", default="nih", choices=["nih", "vxm"], help="multi-label set for hashing (default nih)")
+    k.add_argument("--epochs", type=int, default=15, help="hashing training epochs (default 15)")
+    k.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    k.add_argument("--out-dir", default="benchmarks/results", help="folder for tables, JSON and plots")
+    k.set_defaults(func=run_retrieval)
 
 
 SHORT_VARIANTS = {"deep": "multimodal SDAE + deep NN", "unimodal": "uni-modal SDAE + deep NN",
@@ -83,3 +92,20 @@ def run_rank_error(args):
     print(header)
     print(table)
     print(f"wrote {out / stem}.md, .json and .png")
+
+
+def run_retrieval(args):
+    import torch
+
+    from ..retrieval.benchmark import run_hashing_benchmark, run_siamese_benchmark
+
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise InputError("--out-dir", f"folder {out} does not exist")
+    if args.folds < 1 or args.epochs < 1:
+        raise InputError("--folds", f"--folds and --epochs must be >= 1, got {args.folds}, {args.epochs}")
+    torch.set_num_threads(max(1, args.threads))
+    if args.task in ("siamese", "both"):
+        run_siamese_benchmark(out, args.quick, args.folds)
+    if args.task in ("hashing", "both"):
+        run_hashing_benchmark(out, args.quick, args.dataset, args.folds, args.epochs)

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError
 from .encoder import pack_bits
 
-FORMAT_MODULES: list[str] = []  # e.g. "DeepSimilarityLib.retrieval.hashing_encoder" once the learned models land
+FORMAT_MODULES: list[str] = ["DeepSimilarityLib.retrieval.models_io"]  # learned Siamese / hashing models
 _LOADERS: dict = {}
 
 
