@@ -37,7 +37,7 @@ def register_parser(sub):
 # The names of registration.losses.LOSSES (kept here so that --help does not import torch/MONAI; a test checks).
 LOSS_NAMES = ["mse", "ncc", "ncc-sup", "nmi", "mind", "deepsim-seg", "deepsim-ae"]
 # lambda chosen on the validation slices in benchmarks/results/registration_2d.md
-DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 0.03, "deepsim-seg": 0.3,
+DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
                   "deepsim-ae": 0.3}
 
 

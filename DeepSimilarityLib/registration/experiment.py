@@ -23,7 +23,7 @@ from .network import RegistrationNet, resize_displacement, warp_nearest
 from .train import train_registration
 
 # lambda grid per loss: the losses' scales differ by orders of magnitude, so each has its own centre.
-LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 0.03, "deepsim-seg": 0.3,
+LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
                  "deepsim-ae": 0.3}
 LAMBDA_FACTORS = (0.25, 1.0, 4.0)
 

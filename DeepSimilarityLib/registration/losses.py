@@ -93,8 +93,19 @@ def mind_ssc(x: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tenso
 
 
 class MINDLoss(nn.Module):
+    """Mean squared difference of MIND-SSC descriptors (``radius``, ``dilation`` of :func:`mind_ssc`).
+
+    Dilation 1 by default: the benchmark's networks run on a 2x downsampled grid, where it spans the
+    usual 2 mm. With dilation 2 there, the trained nets folded 7-9% of pixels at every lambda tried
+    (0.0075-0.12; 13% at 2): the sparse sampling lets a high-frequency displacement match descriptors.
+    """
+
+    def __init__(self, radius: int = 1, dilation: int = 1):
+        super().__init__()
+        self.radius, self.dilation = radius, dilation
+
     def forward(self, warped, fixed, warped_labels=None, fixed_labels=None):
-        return F.mse_loss(mind_ssc(warped), mind_ssc(fixed))
+        return F.mse_loss(mind_ssc(warped, self.radius, self.dilation), mind_ssc(fixed, self.radius, self.dilation))
 
 
 class _ImageOnly(nn.Module):
