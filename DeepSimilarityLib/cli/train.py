@@ -37,8 +37,8 @@ def register_parser(sub):
 # The names of registration.losses.LOSSES (kept here so that --help does not import torch/MONAI; a test checks).
 LOSS_NAMES = ["mse", "ncc", "ncc-sup", "nmi", "mind", "deepsim-seg", "deepsim-ae"]
 # lambda chosen on the validation slices in benchmarks/results/registration_2d.md
-DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
-                  "deepsim-ae": 0.3}
+DEFAULT_LAMBDA = {"mse": 0.0025, "ncc": 0.25, "ncc-sup": 1.0, "nmi": 1.2, "mind": 4.0, "deepsim-seg": 0.075,
+                  "deepsim-ae": 0.075}
 
 
 def _progress_bar(total_desc):
@@ -83,7 +83,10 @@ def run_train_registration(args):
     net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, lr=3e-3, labels=labels,
                                    loss_name=args.loss, seed=args.seed, velocity=args.velocity, on_epoch=on_epoch)
     bar.close()
+    from ..registration.experiment import TRAINING_INTENSITY
+
     meta = {"loss": args.loss, "lambda": lam, "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
+            "intensity": TRAINING_INTENSITY,
             "features": str(args.features) if args.features else None, "seed": args.seed,
             "data": f"{len(index)} coronal slice pairs vxm <-> OASIS", "date": datetime.date.today().isoformat()}
     save_registration_net(net, out, meta)

@@ -55,11 +55,22 @@ def network_grid(fixed: Volume, shape) -> Volume:
     return Volume(np.zeros(shape, np.float32), tuple(spacing), tuple(origin), fixed.direction.copy())
 
 
-def _unit(a: np.ndarray, name: str) -> np.ndarray:
+def _unit(a: np.ndarray, name: str, intensity: dict | None = None) -> np.ndarray:
+    """Intensities as the network learned them.
+
+    ``intensity`` (the net's metadata) ``{"percentile": q, "value": v}``: the image minimum goes to
+    0 and the q-th percentile of the voxels above 1% of the range to v, clipped to [0, 1] (the
+    brain volumes are normalised per volume, so a slice's maximum varies from 0.6 to 0.96 and a
+    per-slice min-max stretch changes the contrast the net saw). Without it: min-max to [0, 1].
+    """
     lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         raise InputError(name, "image is constant (zero variance); nothing to register")
-    return ((a - lo) / (hi - lo)).astype(np.float32)
+    if not intensity:
+        return ((a - lo) / (hi - lo)).astype(np.float32)
+    x = a - lo
+    ref = float(np.percentile(x[x > 0.01 * (hi - lo)], intensity["percentile"]))
+    return np.clip(x * (intensity["value"] / ref), 0.0, 1.0).astype(np.float32)
 
 
 def _affine_matrix(transform: sitk.Transform, dims: int) -> np.ndarray:
@@ -84,7 +95,7 @@ def register_deformable(fixed: Volume, moving: Volume, net, affine: str | None =
         affine: ``"rigid"``, ``"similarity"``, ``"affine"`` pre-alignment, or None when the
             images are already affinely aligned (then the moving image is only resampled).
         ras: return displacement vectors in RAS (x and y negated) instead of LPS.
-    Intensities of each image are min-max scaled to [0, 1] for the network.
+    Intensities are scaled as the net's ``metadata['intensity']`` says (see :func:`_unit`), else min-max.
     """
     t0 = time.perf_counter()
     check_volume(fixed, "fixed")
@@ -109,11 +120,12 @@ def register_deformable(fixed: Volume, moving: Volume, net, affine: str | None =
         m = net.multiple
         shape = [int(np.ceil(s / m) * m) for s in fixed.array.shape]
     grid = network_grid(fixed, shape)
-    f_net = _unit(resample_to(fixed, grid).array.astype(np.float32), "fixed")
+    intensity = getattr(net, "metadata", {}).get("intensity")
+    f_net = _unit(resample_to(fixed, grid).array.astype(np.float32), "fixed", intensity)
     m_net = resample_to(moving, grid, pre).array.astype(np.float32)
     if float(np.ptp(m_net)) == 0.0:
         raise InputError("moving", "after affine alignment the moving image is empty on the fixed field of view")
-    m_net = _unit(m_net, "moving")
+    m_net = _unit(m_net, "moving", intensity)
     t1 = time.perf_counter()
     with torch.no_grad():
         ddf = net.displacement(torch.from_numpy(m_net)[None, None], torch.from_numpy(f_net)[None, None])

@@ -26,6 +26,9 @@ from .train import train_registration
 LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
                  "deepsim-ae": 0.3}
 LAMBDA_FACTORS = (0.25, 1.0, 4.0)
+# Intensity convention of the training slices, for registering other images (see apply._unit): the 99th
+# percentile of a training slice's foreground lies at 0.38-0.50, median 0.43.
+TRAINING_INTENSITY = {"percentile": 99, "value": 0.43}
 
 
 def feature_training_set(vols, factor: int):
@@ -156,6 +159,7 @@ def save_trained(result: dict, folder) -> list:
     if "deepsim-seg" in result["nets"]:
         r = result["losses"]["deepsim-seg"]
         meta = {"loss": "deepsim-seg", "lambda": r["lambda"], "grid": s["network_grid"], "downsample": s["factor"],
+                "intensity": TRAINING_INTENSITY,
                 "features": "deepsim_features_seg_2d.pt", "epochs": s["epochs"], "lr": s["lr"], "date": date,
                 "data": f"{s['train_pairs']} coronal slice pairs vxm <-> OASIS 0001/0002, slices z % 10 in (1, 2, 6, 7)",
                 "test_mean_dice": float(np.mean(r["dice"])), "test_folding": float(np.mean(r["folding"]))}

