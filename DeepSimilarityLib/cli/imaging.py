@@ -135,8 +135,12 @@ def run_register_deformable(args):
     if out_t is not None and out_t.suffix not in (".h5", ".hdf5", ".tfm", ".txt"):
         raise InputError("--out-transform", f"use a .h5 file for a displacement field transform, not {out_t.name}")
     net = args.net or weights_dir() / "registration_deepsim_seg_2d.pt"
-    fixed = read_image(args.fixed)
-    moving = read_image(args.moving)
+
+    def read(path):  # a one-slice 3D file (e.g. the OASIS 2D slices) is a 2D image for the 2D networks
+        v = read_image(path)
+        return read_image(path, ndim=2) if v.ndim == 3 and v.array.shape[0] == 1 else v
+
+    fixed, moving = read(args.fixed), read(args.moving)
     if fixed.ndim != moving.ndim:
         raise InputError(args.moving, f"is {moving.ndim}D but the fixed image {args.fixed} is {fixed.ndim}D")
     result = register_deformable(fixed, moving, net, affine=None if args.pre_align == "none" else args.pre_align)

@@ -130,6 +130,11 @@ def test_cli_deformable_register_and_jacobian(tmp_path, slice_pair, capsys):
     assert main(args[:5] + ["--moving", str(tmp_path / "v3.nii.gz"), "--out-warped", str(tmp_path / "x.nii.gz")]) == 2
     assert "3D" in capsys.readouterr().err
     assert main(["jacobian", str(tmp_path / "f.nii.gz")]) == 2
+    # a one-slice 3D file (as the OASIS 2D slices are stored) is read as 2D for a 2D net
+    write_image(Volume(moving.array[None], moving.spacing + (1.0,), moving.origin + (0.0,)), tmp_path / "m1.nii.gz")
+    assert main(args[:5] + ["--moving", str(tmp_path / "m1.nii.gz"), "--net", str(tmp_path / "net.pt"),
+                            "--out-warped", str(tmp_path / "w1.nii.gz")]) == 0
+    assert read_image(tmp_path / "w1.nii.gz").ndim == 2
     assert main(["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
                  "--net", "x.pt", "--out-warped", str(tmp_path / "y.nii.gz")]) == 2
 
