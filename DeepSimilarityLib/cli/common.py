@@ -37,12 +37,3 @@ def write_json(data, path) -> Path:
         json.dump(data, f, indent=2, default=float)
         f.write("\n")
     return Path(path)
-
-
-def not_yet(capability: str):
-    """Handler for a subcommand whose capability is not built yet: a clear message, exit 2."""
-
-    def handler(args):
-        raise InputError(args.command, f"{capability} is not available in this version of DeepSimilarity")
-
-    return handler

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import not_yet, write_json
+from .common import write_json
 
 
 def register_parser(sub):
@@ -29,8 +29,16 @@ def register_parser(sub):
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--out-dir", default="benchmarks/results", help="folder for the table, JSON and Psi plot")
     r.set_defaults(func=run_rank_error)
-    k = kinds.add_parser("registration", help="Dice and folding of learned registration per loss")
-    k.set_defaults(func=not_yet("the registration evaluation"))
+    g = kinds.add_parser("registration", help="DeepSim paper's comparison: Dice, folding and time of learned "
+                                              "2D registration per loss, B-spline MI reference, table + box plot")
+    g.add_argument("--losses", default="all", help="'all' or comma-separated: mse, ncc, ncc-sup, nmi, mind, "
+                                                 "deepsim-seg, deepsim-ae")
+    g.add_argument("--epochs", type=int, default=10, help="training epochs per loss and lambda (default 10)")
+    g.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, one lambda, 8 B-spline pairs")
+    g.add_argument("--save-weights", help="folder for the chosen deepsim-seg net and its feature net")
+    g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    g.add_argument("--out-dir", default="benchmarks/results", help="folder for registration_2d.{json,md,png}")
+    g.set_defaults(func=run_registration)
     k = kinds.add_parser("retrieval", help="MAP/MRR (Siamese vs supervised) and NDCG/ACG/weighted mAP (hashing)",
                          description="Trains and evaluates the retrieval models with queries held out by patient; "
                                      "writes tables, JSON and plots (benchmarks/eval_retrieval.py, eval_hashing.py).")
@@ -42,6 +50,34 @@ def register_parser(sub):
     k.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     k.add_argument("--out-dir", default="benchmarks/results", help="folder for tables, JSON and plots")
     k.set_defaults(func=run_retrieval)
+
+
+SHORT_VARIANTS = {"deep": "multimodal SDAE + deep NN", "unimodal": "uni-modal SDAE + deep NN",
+                  "shallow": "multimodal SDAE + shallow NN"}
+
+
+def run_registration(args):
+    import torch
+
+    from ..paths import data_root, has_shared_data
+    from .train_registration import LOSS_NAMES
+
+    for name in ("out_dir", "save_weights"):
+        folder = getattr(args, name)
+        if folder and not Path(folder).is_dir():
+            raise InputError("--" + name.replace("_", "-"), f"folder {folder} does not exist")
+    losses = LOSS_NAMES if args.losses == "all" else [v.strip() for v in args.losses.split(",")]
+    unknown = [v for v in losses if v not in LOSS_NAMES]
+    if unknown:
+        raise InputError("--losses", f"unknown {unknown}; choose from {LOSS_NAMES}")
+    if args.epochs < 1:
+        raise InputError("--epochs", f"must be >= 1, got {args.epochs}")
+    if not has_shared_data("brain-mr/oasis"):
+        raise InputError(data_root() / "brain-mr", "the brain MR data is needed and was not found")
+    torch.set_num_threads(max(1, args.threads))
+    from ..registration.report import run_and_report
+
+    run_and_report(losses, args.quick, args.epochs, args.out_dir, args.save_weights)
 
 
 SHORT_VARIANTS = {"deep": "multimodal SDAE + deep NN", "unimodal": "uni-modal SDAE + deep NN",

@@ -27,11 +27,25 @@ def register_parser(sub):
     p = sub.add_parser("register", help="register a moving image to a fixed image")
     p.add_argument("--fixed", required=True, help="fixed image file")
     p.add_argument("--moving", required=True, help="moving image file (same dimension as fixed)")
-    p.add_argument("--method", default="affine", choices=["rigid", "similarity", "affine"],
-                   help="transform model (Mattes mutual information; default affine)")
-    p.add_argument("--out-transform", help="ITK transform file to write (.tfm or .h5; Slicer loads it)")
+    p.add_argument("--method", default="affine", choices=["rigid", "similarity", "affine", "deformable"],
+                   help="transform model: rigid/similarity/affine by Mattes mutual information, or deformable: "
+                        "affine pre-alignment then a trained registration network (default affine)")
+    p.add_argument("--net", help="deformable: registration weights (default: the shipped "
+                                 "weights/registration_deepsim_seg_2d.pt, 2D brain MR)")
+    p.add_argument("--pre-align", default="affine", choices=["rigid", "similarity", "affine", "none"],
+                   help="deformable: affine pre-alignment model, 'none' when already aligned (default affine)")
+    p.add_argument("--out-transform", help="ITK transform file to write (.tfm or .h5; deformable: .h5 displacement "
+                                           "field transform, LPS, fixed -> moving; Slicer loads both)")
     p.add_argument("--out-warped", help="moving image resampled onto the fixed grid")
+    p.add_argument("--out-field", help="deformable: displacement field as a vector image (.nii.gz/.nrrd/.mha), "
+                                       "mm, fixed -> moving, LPS components unless --ras")
+    p.add_argument("--ras", action="store_true", help="deformable: write --out-field components in RAS (Slicer's)")
     p.set_defaults(func=run_register)
+
+    p = sub.add_parser("jacobian", help="Jacobian determinant map of a displacement field and its folding count")
+    p.add_argument("field", help="displacement field: vector image (.nii.gz, .nrrd, .mha; mm) or ITK .h5 transform")
+    p.add_argument("--out", help="write the determinant map (scalar image on the field's grid)")
+    p.set_defaults(func=run_jacobian)
 
 
 def run_info(args):
@@ -81,6 +95,11 @@ def run_register(args):
     from ..intensity_metrics import mutual_information
     from ..image_io import resample_to
 
+    if args.method == "deformable":
+        return run_register_deformable(args)
+    for name in ("net", "out_field"):
+        if getattr(args, name):
+            raise InputError("--" + name.replace("_", "-"), "is used by --method deformable only")
     out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
     out_w = output_path(args.out_warped, "--out-warped") if args.out_warped else None
     if out_t is None and out_w is None:
@@ -101,3 +120,87 @@ def run_register(args):
     if out_w:
         write_image(result.warped, out_w)
         print(f"wrote {out_w}")
+
+
+def run_register_deformable(args):
+    from ..image_io import read_image, write_image
+    from ..paths import weights_dir
+    from ..registration.apply import register_deformable, to_sitk_transform
+
+    out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
+    out_w = output_path(args.out_warped, "--out-warped") if args.out_warped else None
+    out_f = output_path(args.out_field, "--out-field") if args.out_field else None
+    if out_t is None and out_w is None and out_f is None:
+        raise InputError("register", "give --out-transform, --out-warped and/or --out-field")
+    if out_t is not None and out_t.suffix not in (".h5", ".hdf5", ".tfm", ".txt"):
+        raise InputError("--out-transform", f"use a .h5 file for a displacement field transform, not {out_t.name}")
+    net = args.net or weights_dir() / "registration_deepsim_seg_2d.pt"
+
+    def read(path):  # a one-slice 3D file (e.g. the OASIS 2D slices) is a 2D image for the 2D networks
+        v = read_image(path)
+        return read_image(path, ndim=2) if v.ndim == 3 and v.array.shape[0] == 1 else v
+
+    fixed, moving = read(args.fixed), read(args.moving)
+    if fixed.ndim != moving.ndim:
+        raise InputError(args.moving, f"is {moving.ndim}D but the fixed image {args.fixed} is {fixed.ndim}D")
+    result = register_deformable(fixed, moving, net, affine=None if args.pre_align == "none" else args.pre_align)
+    print(f"deformable registration in {result.seconds['total']:.2f} s (network {1000 * result.seconds['network']:.0f} ms); "
+          f"folding {100 * result.folding:.3f}% of voxels")
+    if out_t:
+        _write_transform(to_sitk_transform(result.displacement), out_t)
+        print(f"wrote {out_t} (ITK displacement field transform: fixed points -> moving points, LPS mm)")
+    if out_f:
+        field = result.displacement
+        if args.ras:
+            a = field.array.copy()
+            a[..., :2] *= -1
+            field = field.with_array(a)
+        write_image(field, out_f)
+        print(f"wrote {out_f} (displacement in mm, fixed -> moving, {'RAS' if args.ras else 'LPS'} components)")
+    if out_w:
+        write_image(result.warped, out_w)
+        print(f"wrote {out_w}")
+
+
+def _read_field(path):
+    import SimpleITK as sitk
+
+    from ..image_io import Volume, read_image
+
+    path = Path(path)
+    if path.suffix in (".h5", ".hdf5", ".tfm"):
+        if not path.is_file():
+            raise InputError(path, "file not found")
+        try:
+            t = sitk.ReadTransform(str(path))
+            if t.GetName() == "CompositeTransform" and t.GetNumberOfTransforms() == 1:
+                t = t.GetNthTransform(0)
+            t = sitk.DisplacementFieldTransform(t)
+            return Volume.from_sitk(t.GetDisplacementField())
+        except RuntimeError:
+            raise InputError(path, "not a displacement field transform") from None
+    field = read_image(path, color="keep")
+    if not field.is_vector:
+        # read_image keeps vector components as a trailing axis only for vector images.
+        raise InputError(path, "not a vector image (expected one displacement vector per voxel)")
+    return field
+
+
+def run_jacobian(args):
+    from ..image_io import Volume, write_image
+    from ..registration.evaluate import jacobian_determinant
+
+    out = output_path(args.out, "--out") if args.out else None
+    field = _read_field(args.field)
+    if field.array.shape[-1] != field.ndim:
+        raise InputError(args.field, f"has {field.array.shape[-1]} components on a {field.ndim}D grid")
+    # (x, y[, z]) physical components -> index units along array axes (axis-aligned up to the direction).
+    u = field.array.astype(np.float64) @ field.direction  # LPS -> index-axis directions, mm
+    ddf = np.moveaxis(u[..., ::-1], -1, 0)
+    det = jacobian_determinant(ddf, spacing=field.spacing[::-1])
+    folded = int(np.count_nonzero(det <= 0))
+    print(f"Jacobian determinant: min {det.min():.4f}, mean {det.mean():.4f}, max {det.max():.4f}")
+    print(f"folding: {folded} of {det.size} voxels ({100 * folded / det.size:.4f}%) with determinant <= 0")
+    if out:
+        write_image(Volume(det.astype(np.float32), field.spacing, field.origin, field.direction.copy()), out)
+        print(f"wrote {out}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 
 from ..errors import InputError
-from .common import not_yet, output_path
+from .common import output_path
+from .train_registration import add_parsers as add_registration_parsers
 
 
 def _data_options(k, default: str, choices):
@@ -27,10 +28,9 @@ def _data_options(k, default: str, choices):
 
 
 def register_parser(sub):
-    p = sub.add_parser("train", help="train a model (patch similarity, registration, siamese, hashing)")
+    p = sub.add_parser("train", help="train a model (registration, DeepSim features, siamese, hashing)")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    k = kinds.add_parser("registration", help="DeepSim or baseline-loss registration network")
-    k.set_defaults(func=not_yet("training of the registration model"))
+    add_registration_parsers(kinds)
     k = kinds.add_parser("siamese", help="Siamese CNN retrieval embeddings (Chung & Weng 2017)",
                          description="Twin ResNets with shared weights, contrastive loss on pairs built from labels; "
                                      "--supervised trains the classifier baseline instead.")

@@ -1,0 +1,130 @@
+"""The surrogate-task feature extractor of DeepSim: a small U-Net-style encoder/decoder.
+
+Trained once, then frozen: its encoder's feature maps (one per level) are what
+:class:`~.losses.DeepSimLoss` compares. Two surrogate tasks, as in the paper:
+
+* ``"seg"`` (DeepSim_seg): supervised segmentation of labelled brain MR
+  (softmax, Dice + cross-entropy), decoder with skip connections;
+* ``"ae"`` (DeepSim_ae): autoencoding (mean squared reconstruction error). The
+  decoder has no skip connections, otherwise the first level could copy the
+  input through and the deeper levels would learn nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.networks.blocks import Convolution
+from torch import nn
+
+from ..ctmr.sdae import TrainSettings, run_epochs
+from ..errors import InputError
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
+
+KIND = "deepsim-features"
+MODES = ("seg", "ae")
+
+
+def _block(dims: int, c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 convolutions with instance norm and LeakyReLU (MONAI ``Convolution`` blocks)."""
+    conv = dict(spatial_dims=dims, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}), norm="instance")
+    return nn.Sequential(Convolution(in_channels=c_in, out_channels=c_out, **conv),
+                         Convolution(in_channels=c_out, out_channels=c_out, **conv))
+
+
+class FeatureNet(nn.Module):
+    """U-Net-style net whose :meth:`features` returns the encoder maps of every level.
+
+    Args:
+        spatial_dims: 2 or 3.
+        mode: ``"seg"`` or ``"ae"``.
+        out_channels: segmentation classes including background (``seg``); ignored for ``ae``.
+        channels: channels per encoder level; level ``i`` runs at ``1/2**i`` resolution.
+    Inputs ``(B, 1, H, W[, D])`` with sizes divisible by ``2**(levels-1)``.
+    """
+
+    def __init__(self, spatial_dims: int = 2, mode: str = "seg", out_channels: int = 2, channels=(16, 32, 32)):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise InputError("spatial_dims", f"must be 2 or 3, not {spatial_dims!r}")
+        if mode not in MODES:
+            raise InputError("mode", f"must be one of {MODES}, not {mode!r}")
+        self.config = dict(spatial_dims=spatial_dims, mode=mode, out_channels=int(out_channels) if mode == "seg" else 1,
+                           channels=[int(c) for c in channels])
+        self.dims, self.mode, ch = spatial_dims, mode, self.config["channels"]
+        self.encoder = nn.ModuleList(_block(spatial_dims, 1 if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch)))
+        skip = mode == "seg"
+        self.decoder = nn.ModuleList(_block(spatial_dims, ch[i + 1] + (ch[i] if skip else 0), ch[i])
+                                     for i in reversed(range(len(ch) - 1)))
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.head = conv(ch[0], self.config["out_channels"], kernel_size=1)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder feature maps, finest first: ``[(B, c0, H, W), (B, c1, H/2, W/2), ...]``."""
+        pool = F.max_pool2d if self.dims == 2 else F.max_pool3d
+        maps = []
+        for i, block in enumerate(self.encoder):
+            x = block(x if i == 0 else pool(x, 2))
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, classes, ...)`` or the reconstruction ``(B, 1, ...)``."""
+        maps = self.features(x)
+        y = maps[-1]
+        for block, skip in zip(self.decoder, reversed(maps[:-1])):
+            y = F.interpolate(y, size=skip.shape[2:], mode="nearest")
+            y = block(torch.cat([y, skip], 1) if self.mode == "seg" else y)
+        return self.head(y)
+
+
+def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
+                      epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
+                      on_epoch=None, should_stop=None) -> tuple[FeatureNet, dict]:
+    """Train a :class:`FeatureNet` on ``images`` ``(N, 1, H, W[, D])`` in [0, 1].
+
+    ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). Returns the frozen net in
+    eval mode and a history dict (loss per epoch, seconds).
+    """
+    if images.ndim not in (4, 5) or images.shape[1] != 1:
+        raise InputError("images", f"expected (N, 1, H, W[, D]), got {tuple(images.shape)}")
+    dims = images.ndim - 2
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if mode == "seg":
+        if labels is None or labels.shape != images.shape[:1] + images.shape[2:]:
+            raise InputError("labels", "segmentation features need one label map per image, shaped like the images")
+        if int(labels.max()) < 1:
+            raise InputError("labels", "label maps are empty (only background)")
+        net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels)
+        criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+        target = labels[:, None].long()
+        loss_fn = lambda idx: criterion(net(images[idx]), target[idx])  # noqa: E731
+    else:
+        net = FeatureNet(dims, "ae", 1, channels)
+        loss_fn = lambda idx: F.mse_loss(net(images[idx]), images[idx])  # noqa: E731
+    settings = TrainSettings(optimizer="adam", lr=lr, batch_size=batch_size)
+    t0 = time.perf_counter()
+    net.train()
+    losses = run_epochs(loss_fn, images.shape[0], net.parameters(), settings, epochs, generator, on_epoch, should_stop)
+    net.eval().requires_grad_(False)
+    return net, {"loss": losses, "seconds": time.perf_counter() - t0}
+
+
+def save_feature_net(net: FeatureNet, path, metadata: dict | None = None):
+    return save_checkpoint(path, KIND, net.config, net.state_dict(), metadata)
+
+
+def load_feature_net(path) -> FeatureNet:
+    """A frozen :class:`FeatureNet` in eval mode; :class:`InputError` on a wrong or foreign file."""
+    blob = load_checkpoint(path, KIND)
+    try:
+        net = FeatureNet(**blob["config"])
+    except TypeError as exc:
+        raise InputError(path, f"config does not describe a feature net ({exc})") from None
+    net = load_state(net, blob, path)
+    net.metadata = blob["metadata"]
+    return net.requires_grad_(False)

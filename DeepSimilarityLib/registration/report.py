@@ -1,0 +1,107 @@
+"""Tables, JSON and the box plot of the registration comparison (:mod:`.experiment`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_output
+from ..cli.common import write_json
+
+PAPER_DICE = {"mse": 0.666, "ncc": 0.657, "ncc-sup": 0.668, "nmi": 0.665, "mind": 0.657, "deepsim-ae": 0.671,
+              "deepsim-seg": 0.675}
+
+
+def rows(result: dict) -> list[dict]:
+    """One row per method: mean/std Dice, folding %, lambda, ms per pair, the paper's 3D Dice."""
+    out = [{"method": "affine only", "dice": result["affine_only"]["dice"], "folding": result["affine_only"]["folding"],
+            "lambda": None, "ms": 0.0, "paper": None}]
+    for name, r in result["losses"].items():
+        out.append({"method": name, "dice": r["dice"], "folding": r["folding"], "lambda": r["lambda"],
+                    "ms": 1000 * r["seconds_per_pair"], "paper": PAPER_DICE.get(name)})
+    if "bspline_mi" in result:
+        r = result["bspline_mi"]
+        out.append({"method": "B-spline MI (SimpleITK)", "dice": r["dice"], "folding": r["folding"], "lambda": None,
+                    "ms": 1000 * r["seconds_per_pair"], "paper": None})
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| method | mean Dice | std | folding % | lambda | ms / pair | paper Dice (3D) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows(result):
+        lam = "" if r["lambda"] is None else f"{r['lambda']:g}"
+        paper = "" if r["paper"] is None else f"{r['paper']:.3f}"
+        lines.append(f"| {r['method']} | {np.mean(r['dice']):.3f} | {np.std(r['dice']):.3f} | "
+                     f"{100 * np.mean(r['folding']):.3f} | {lam} | {r['ms']:.1f} | {paper} |")
+    return "\n".join(lines)
+
+
+def box_plot(result: dict, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = rows(result)
+    fig, ax = plt.subplots(figsize=(1.1 * len(data) + 2, 4))
+    ax.boxplot([r["dice"] for r in data], showmeans=True)
+    ax.set_xticks(range(1, len(data) + 1), [r["method"].replace(" (SimpleITK)", "") for r in data], rotation=30,
+                  ha="right")
+    ax.set_ylabel("mean Dice over labels, per pair")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def write_report(result: dict, out_dir, stem: str, header: str) -> str:
+    """Writes ``stem.json``, ``stem.md`` and ``stem.png`` into ``out_dir``; returns the markdown."""
+    out_dir = Path(out_dir)
+    table = markdown_table(result)
+    text = header + "\n\n" + table + "\n"
+    with atomic_output(out_dir / f"{stem}.md") as tmp:
+        Path(tmp).write_text(text)
+    plain = {k: v for k, v in result.items() if k not in ("nets", "features")}
+    write_json(plain, out_dir / f"{stem}.json")
+    box_plot(result, out_dir / f"{stem}.png", f"2D brain MR slices, {len(result['affine_only']['dice'])} held-out "
+                                               "pairs: mean Dice per pair (triangle: mean)")
+    return text
+
+
+def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="benchmarks/results",
+                   save_weights=None, log=print) -> dict:
+    """The whole 2D comparison (:func:`.experiment.run_comparison`) and its report files.
+
+    ``quick``: 2 epochs, one lambda, 3 feature epochs, 8 B-spline pairs (a smoke run of a few minutes).
+    """
+    import time
+
+    from .experiment import LAMBDA_FACTORS, run_comparison, save_trained
+
+    epochs = 2 if quick else epochs
+    t0 = time.perf_counter()
+    result = run_comparison(losses, epochs=epochs, lambda_factors=(1.0,) if quick else LAMBDA_FACTORS,
+                            feature_epochs=3 if quick else 20, bspline_pairs=8 if quick else None, log=log)
+    minutes = (time.perf_counter() - t0) / 60
+    s = result["setup"]
+    s["minutes_total"] = minutes
+    stem = "registration_2d_quick" if quick else "registration_2d"
+    bs = result.get("bspline_mi", {}).get("pairs")
+    header = (f"Learned 2D registration of held-out coronal brain MR slices (OASIS 0001 <-> 0002, {s['test_pairs']} "
+              f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid (2x downsampled), "
+              f"Dice scored on the full {s['grid'][0]}x{s['grid'][1]} grid over the seg35 labels present; "
+              f"{s['train_pairs']} training pairs (vxm <-> OASIS), {epochs} epochs, lambda from "
+              f"{len(s['lambda_factors'])} values per loss by validation Dice ({s['val_pairs']} pairs); "
+              f"feature nets trained on the vxm scan only. One CPU thread, {minutes:.1f} min in all. "
+              + (f"B-spline MI on the first {bs} test pairs. " if bs and bs < s["test_pairs"] else "")
+              + "Paper column: the paper's 3D brain MRI Dice, for ordering only.")
+    log(write_report(result, out_dir, stem, header))
+    log(f"wrote {Path(out_dir) / stem}.json, .md and .png")
+    if save_weights:
+        for path in save_trained(result, save_weights):
+            log(f"wrote {path}")
+    return result

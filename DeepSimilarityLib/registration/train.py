@@ -1,0 +1,64 @@
+"""Training the registration network on pairs of images from one stack."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..ctmr.sdae import TrainSettings, run_epochs
+from ..errors import InputError
+from .losses import needs_labels
+from .network import RegistrationNet, regulariser
+
+
+def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn.Module, lam: float,
+                       epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, labels: torch.Tensor | None = None,
+                       loss_name: str = "", net: RegistrationNet | None = None, seed: int = 0, velocity: bool = False,
+                       on_epoch=None, should_stop=None) -> tuple[RegistrationNet, dict]:
+    """Minimise ``loss(warped, fixed) + lam * diffusion(ddf)`` over ``pairs``.
+
+    Args:
+        images: ``(M, 1, H, W[, D])`` float in [0, 1], every image once.
+        pairs: ``(P, 2)`` indices into ``images``: (moving, fixed).
+        loss: from :func:`~.losses.make_loss`; ``loss_name`` tells whether it needs labels.
+        labels: ``(M, 1, ...)`` integer label maps (only ``ncc-sup`` reads them, warped as one-hot).
+        net: continue training this net (else a new one with ``velocity``).
+        seed: seeds the initial weights and the pair order (deterministic on one thread).
+        on_epoch: called with the fraction of epochs done; ``should_stop``: polled every step,
+            raises :class:`~DeepSimilarityLib.ctmr.sdae.TrainingCancelled`.
+    Returns the net in eval mode and ``{"loss": [per epoch], "seconds": ...}``.
+    """
+    if images.ndim not in (4, 5) or images.shape[1] != 1:
+        raise InputError("images", f"expected (M, 1, H, W[, D]), got {tuple(images.shape)}")
+    pairs = torch.as_tensor(pairs, dtype=torch.long)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+        raise InputError("pairs", f"expected (P, 2) indices, got {tuple(pairs.shape)}")
+    if int(pairs.min()) < 0 or int(pairs.max()) >= len(images):
+        raise InputError("pairs", f"indices must lie in 0..{len(images) - 1}")
+    if not lam >= 0:
+        raise InputError("lambda", f"must be >= 0, got {lam}")
+    supervised = needs_labels(loss_name)
+    if supervised and labels is None:
+        raise InputError("labels", f"the {loss_name} loss needs label maps")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net = net or RegistrationNet(images.ndim - 2, velocity=velocity)
+    n_classes = int(labels.max()) + 1 if supervised else 0
+    loss.train()
+
+    def step_loss(idx):
+        m, f = pairs[idx, 0], pairs[idx, 1]
+        warped, ddf = net(images[m], images[f])
+        wl = fl = None
+        if supervised:
+            wl = net.warp(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
+            fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
+        return loss(warped, images[f], wl, fl) + lam * regulariser(ddf)
+
+    net.train()
+    t0 = time.perf_counter()
+    settings = TrainSettings(optimizer="adam", lr=lr, batch_size=batch_size)
+    losses = run_epochs(step_loss, len(pairs), net.parameters(), settings, epochs, generator, on_epoch, should_stop)
+    return net.eval(), {"loss": losses, "seconds": time.perf_counter() - t0}

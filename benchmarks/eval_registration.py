@@ -1,0 +1,48 @@
+"""DeepSim registration on 2D brain MR (Czolbe, Krause & Feragen 2021): every loss trained the same way.
+
+Coronal slices of the three brain volumes of ../shared/data/brain-mr (OASIS 0001, 0002 and the
+VoxelMorph scan, one 160x192x224 grid): registration nets trained on vxm <-> OASIS slice pairs,
+lambda chosen per loss on validation slices of the OASIS pair, Dice / folding / time on held-out
+slices of the OASIS pair 0001 <-> 0002 (both directions); DeepSim feature nets trained on the vxm
+scan alone (see DeepSimilarityLib/registration/data.py). Networks run on the 2x downsampled
+96x80 grid; displacements are upsampled and the labels warped and scored on the full 192x160 grid.
+SimpleITK B-spline Mattes MI on the full-resolution pairs is the classical reference. One thread.
+The same run: ``deepsim evaluate registration``.
+
+    python benchmarks/eval_registration.py [--quick] [--save-weights weights/]
+      -> benchmarks/results/registration_2d.{json,md,png}   (--quick: registration_2d_quick.*)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from DeepSimilarityLib.paths import has_shared_data
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv=None):
+    from DeepSimilarityLib.registration.losses import LOSSES
+    from DeepSimilarityLib.registration.report import run_and_report
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 epochs, one lambda, 8 B-spline pairs: a smoke run (~3 min)")
+    p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ", ".join(LOSSES))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if not has_shared_data("brain-mr/oasis"):
+        print("needs ../shared/data/brain-mr (see its README); nothing to evaluate", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,
+                   args.save_weights)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
