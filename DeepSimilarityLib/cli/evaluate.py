@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import write_json
+from .similarity import add_recipe_options, describe_recipe, recipe_kwargs, recipe_suffix
 
 
 def register_parser(sub):
@@ -23,6 +24,7 @@ def register_parser(sub):
     r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--cascade", action="store_true", help="also evaluate the cascade with a dark-MR hard-negative classifier")
+    add_recipe_options(r)
     r.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
     r.add_argument("--max-outline-distance", type=float, default=3.0,
                    help="drop slice pairs whose body outlines lie farther apart after registration, in 512-px voxels (default 3)")
@@ -109,17 +111,19 @@ def run_rank_error(args):
     slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
-                               variants=variants, seed=args.seed, cascade=args.cascade)
-    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + ("_cascade" if args.cascade else "")
+                               variants=variants, seed=args.seed, cascade=args.cascade, **recipe_kwargs(args))
+    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
     header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
-              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs} training pairs per fold, setting {args.setting}.\n"
+              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs * args.negatives} training pairs per fold, setting {args.setting}, "
+              f"{describe_recipe(args)}.\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
+                "pairs_positive": args.pairs, **recipe_kwargs(args),
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
                 "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
                 "train_seconds": result["train_seconds"]},

@@ -40,6 +40,7 @@ def register_parser(sub):
                    help="2: 17x17 patches; 3: 17x17x17 patches from the 3D phantom, first layer 2 x 512 (default 2)")
     t.add_argument("--pairs", type=int, default=2000, help="positive pairs; as many negatives are added (default 2000)")
     t.add_argument("--patch-size", type=int, default=17, help="odd patch edge (default 17)")
+    add_recipe_options(t)
     t.add_argument("--setting", default="modern", choices=["paper", "modern"],
                    help="paper: SGD lr 0.5, batch 5, 10+5 epochs (the reproduction); modern: Adam, faster and "
                         "better in benchmarks/results (default modern)")
@@ -53,6 +54,33 @@ def register_parser(sub):
                    help="drop slice pairs whose body outlines lie farther apart after registration (512-px voxels, default 3)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     t.set_defaults(func=run_train)
+
+
+def add_recipe_options(p):
+    """Training-pair and input options beyond the paper's recipe (defaults: the paper's)."""
+    p.add_argument("--negatives", type=int, default=1,
+                   help="negatives per positive, drawn in the 81x81 neighbourhood (default 1, the paper's)")
+    p.add_argument("--jitter", type=int, default=0,
+                   help="positives' MR patch up to this many voxels off (default 0; 1 = the evaluation's 3x3 tolerance)")
+    p.add_argument("--patch-norm", default="image", choices=["image", "patch"],
+                   help="image: patches of the [0,1] images (the paper's); patch: each patch rescaled to [0,1] "
+                        "by its own min/max (robust to another scanner's grey values)")
+
+
+def recipe_kwargs(args) -> dict:
+    return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter, "patch_norm": args.patch_norm}
+
+
+def recipe_suffix(args) -> str:
+    """File-name suffix naming a non-default recipe (empty for the paper's)."""
+    parts = ([f"neg{args.negatives}"] if args.negatives != 1 else []) + ([f"jit{args.jitter}"] if args.jitter else []) \
+        + (["patchnorm"] if args.patch_norm == "patch" else [])
+    return "".join("_" + p for p in parts)
+
+
+def describe_recipe(args) -> str:
+    return (f"{args.negatives} negative(s) per positive, positive jitter {args.jitter}, "
+            f"{args.patch_norm}-normalised patches")
 
 
 def run_heatmap(args):
@@ -125,7 +153,8 @@ def run_train(args):
 
         pairs = hard_negative_pairs(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size)
     else:
-        pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size)
+        pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size,
+                                  negatives_per_positive=args.negatives, positive_jitter=args.jitter)
     bar = tqdm(total=100, desc="training", unit="%")
 
     def progress(stage, fraction):
@@ -136,11 +165,12 @@ def run_train(args):
     # modality's code shrinks to 512 units (layer sizes stay the paper's from L2 on).
     layers = [1024, 300, 100] if args.dim == 3 else None
     net, history = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, args.setting, variant=args.variant,
-                                        pretraining=args.pretraining, seed=args.seed, progress=progress, layers=layers)
+                                        pretraining=args.pretraining, seed=args.seed, progress=progress, layers=layers,
+                                        patch_norm=args.patch_norm)
     bar.close()
     metadata = dict(net.metadata, kind="ctmr-similarity", data=source, mr=args.mr, patch_size=args.patch_size,
                     downsample=1 if (args.phantom or args.dim == 3) else args.downsample, dim=args.dim,
-                    hard_negatives=args.hard_negatives,
+                    hard_negatives=args.hard_negatives, **recipe_kwargs(args),
                     pairs_positive=args.pairs, train_accuracy=history["train_accuracy"],
                     train_seconds=history["seconds"], date=datetime.date.today().isoformat())
     save_net(net, out, metadata)

@@ -172,3 +172,23 @@ def test_save_is_atomic_and_load_checks_the_architecture(tmp_path, trained):
         save_net(net, path, {"bad": lambda: 0})  # a lambda cannot be pickled
     assert os.listdir(path.parent) == ["ctmr.pt"]
     assert load_net(path).metadata == {"note": "synthetic"}
+
+
+def test_per_patch_normalisation_is_applied_in_the_fast_map_and_ignores_grey_value_scaling():
+    rng = np.random.default_rng(0)
+    net = PatchSimilarityNet({"patch_voxels": 25, "layers": [50, 20, 10], "patch_norm": "patch"},
+                             torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        net.out.weight.normal_()
+    ct = rng.random((5, 5)).astype(np.float32)
+    mr = rng.random((12, 12)).astype(np.float32)
+    mr[:5, :5] = 0.3  # a constant window: defined score, no NaN
+    fast = LearnedPatchMetric(net, precision="float32").score_map(ct, mr)
+    windows = torch.from_numpy(mr).unfold(0, 5, 1).unfold(1, 5, 1).reshape(-1, 25)
+    with torch.no_grad():
+        slow = net.score(torch.from_numpy(ct.ravel()).expand(len(windows), 25), windows).numpy().reshape(fast.shape)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert np.isfinite(fast).all()
+    # Another window/level of either image leaves the map unchanged.
+    rescaled = LearnedPatchMetric(net, precision="float32").score_map(0.2 + 0.5 * ct, 0.1 + 0.8 * mr)
+    np.testing.assert_allclose(rescaled, fast, atol=1e-4)

@@ -101,3 +101,20 @@ def test_cascade_takes_the_smaller_score_and_hard_negatives_are_dark(phantom_pai
     # Negative MR patches are centred on dark MR voxels.
     centre = negatives[:, 289 // 2]
     assert np.mean(centre < 0.15) > 0.8 and dark_mask(mr).any()
+
+
+def test_several_negatives_per_positive_and_jittered_positives(phantom_pair):
+    ct, mr, _ = phantom_pair
+    rng = np.random.default_rng(3)
+    pairs = make_pairs(ct, mr, 20, rng, negatives_per_positive=3, positive_jitter=1)
+    assert len(pairs) == 80 and pairs.labels.sum() == 20
+    # Each CT patch appears once as a positive and three times with a negative.
+    assert np.array_equal(np.repeat(pairs.ct[:20], 3, axis=0), pairs.ct[20:])
+    # Jittered positives are the MR patch at most one voxel away: some differ from the aligned patch.
+    aligned = make_pairs(ct, mr, 20, np.random.default_rng(3))
+    assert np.array_equal(pairs.ct[:20], aligned.ct[:20])
+    assert not np.array_equal(pairs.mr[:20], aligned.mr[:20])
+    with pytest.raises(InputError):
+        make_pairs(ct, mr, 5, rng, negatives_per_positive=0)
+    with pytest.raises(InputError):
+        make_pairs(ct, mr, 5, rng, positive_jitter=2, min_distance=2)
