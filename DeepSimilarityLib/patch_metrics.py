@@ -149,9 +149,9 @@ def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
         from pathlib import Path
 
         from .ctmr.learned_metric import LearnedPatchMetric
-        from .paths import weights_dir
+        from .paths import shipped_weights
 
-        path = Path(weights) if weights else weights_dir() / DEFAULT_LEARNED_WEIGHTS
+        path = Path(weights) if weights else shipped_weights(DEFAULT_LEARNED_WEIGHTS)
         if not path.exists():
             raise InputError(path, "no CT/MR similarity weights; train them with "
                                    f"'deepsim similarity train --out {path}'")

@@ -39,3 +39,35 @@ def weights_dir() -> Path:
         if candidate.exists():
             return candidate
     return PROJECT_ROOT / "weights"
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of a shipped weight file, checked against ``manifest.json`` in :func:`weights_dir`.
+
+    A missing file raises :class:`InputError` with the command that trains it;
+    a file whose sha256 differs from the manifest's (damaged, or replaced
+    without updating the manifest) is refused, since its evaluation numbers
+    would no longer describe it.
+    """
+    import hashlib
+    import json
+
+    from .errors import InputError
+
+    folder = weights_dir()
+    path = folder / name
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        entry = next(e for e in manifest["models"] if e.get("file") == name)
+    except (OSError, ValueError, KeyError, StopIteration):
+        entry = None
+    if not path.is_file():
+        how = f"; train it with: {entry['command']}" if entry and entry.get("command") else ""
+        raise InputError(path, f"shipped weight file is missing{how}")
+    if entry is None:
+        raise InputError(folder / "manifest.json", f"has no entry for {name}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry.get("sha256"):
+        raise InputError(path, f"sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}...; "
+                               "the file is damaged or was retrained without updating weights/manifest.json")
+    return path

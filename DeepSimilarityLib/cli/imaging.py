@@ -124,7 +124,7 @@ def run_register(args):
 
 def run_register_deformable(args):
     from ..image_io import read_image, write_image
-    from ..paths import weights_dir
+    from ..paths import shipped_weights
     from ..registration.apply import register_deformable, to_sitk_transform
 
     out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
@@ -134,7 +134,7 @@ def run_register_deformable(args):
         raise InputError("register", "give --out-transform, --out-warped and/or --out-field")
     if out_t is not None and out_t.suffix not in (".h5", ".hdf5", ".tfm", ".txt"):
         raise InputError("--out-transform", f"use a .h5 file for a displacement field transform, not {out_t.name}")
-    net = args.net or weights_dir() / "registration_deepsim_seg_2d.pt"
+    net = args.net or shipped_weights("registration_deepsim_seg_2d.pt")
 
     def read(path):  # a one-slice 3D file (e.g. the OASIS 2D slices) is a 2D image for the 2D networks
         v = read_image(path)
