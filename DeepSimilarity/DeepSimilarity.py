@@ -185,16 +185,186 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
     """Computations of the module, usable from Python without the GUI.
 
-    Capabilities arrive panel by panel (networks, similarity heat map,
-    registration, retrieval), each a thin layer over DeepSimilarityLib that
-    converts MRML nodes to library volumes and back. No GUI code here.
+    Each method is a thin layer over DeepSimilarityLib: MRML nodes are
+    converted to library volumes by ``DeepSimilarityNodes`` (the one bridge),
+    the library computes, and the results go back into nodes. No GUI code
+    here; bad input raises ValueError naming the node or parameter, before
+    any node is changed. Heavy libraries are imported on first use.
     """
+
+    HEATMAP_COLORS = "DeepSimilarityHeatMapColors"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return DeepSimilarityParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _newNode(className, name):
+        return slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(name))
+
+    # -- similarity heat map ------------------------------------------------
+
+    def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
+                        outputNode=None, depth=None):
+        """Score the CT patch at ``pointRAS`` against the MR patches around it.
+
+        Returns ``(heatmapVolumeNode, best_point_RAS)``: a scalar volume on the
+        scored MR positions (CT grid, which the MR is resampled onto when the
+        grids differ), shown with a colour table and a window spanning the
+        scores, ready to be the foreground over the MR; and the RAS position of
+        the best score. 2D maps for one-slice volumes, ``depth`` slices in 3D.
+        """
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.heatmap import similarity_heatmap
+        from DeepSimilarityLib.patch_metrics import get_metric
+
+        ct = nodes.volume_from_node(ctNode, "CT volume")
+        mr = nodes.volume_from_node(mrNode, "MR volume")
+        if pointRAS is None or len(pointRAS) != 3:
+            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
+        for name, value in (("neighbourhood", neighbourhood), ("patch size", patch_size)):
+            if int(value) < 1 or int(value) % 2 == 0:
+                raise ValueError(f"{name}: must be a positive odd number of voxels, got {value}")
+        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
+        result = similarity_heatmap(ct, mr, index=index, metric=get_metric(metric), patch_size=int(patch_size),
+                                    neighbourhood=int(neighbourhood), depth=depth)
+        if outputNode is None:
+            outputNode = self._newNode("vtkMRMLScalarVolumeNode", f"{metric} heat map")
+        nodes.update_node_from_volume(result.scores, outputNode, reference=ctNode)
+        self._showAsHeatMap(outputNode, result.scores.array)
+        best_ras = nodes.ras_from_index(ctNode, result.best_index[::-1])
+        return outputNode, best_ras
+
+    def _heatMapColorNode(self):
+        """A colour table of the scene for heat maps; made once per scene (bare scenes have none)."""
+        for nodeId in ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow"):
+            node = slicer.mrmlScene.GetNodeByID(nodeId)
+            if node is not None:
+                return node
+        node = slicer.mrmlScene.GetFirstNodeByName(self.HEATMAP_COLORS)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", self.HEATMAP_COLORS)
+            node.SetTypeToRainbow()
+        return node
+
+    def _showAsHeatMap(self, volumeNode, scores):
+        if volumeNode.GetDisplayNode() is None:
+            volumeNode.CreateDefaultDisplayNodes()
+        display = volumeNode.GetDisplayNode()
+        display.SetAndObserveColorNodeID(self._heatMapColorNode().GetID())
+        lo, hi = float(scores.min()), float(scores.max())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1e-6)
+        display.SetInterpolate(False)  # one score per voxel: show the cells as computed
+
+    # -- registration --------------------------------------------------------
+
+    def register(self, fixedNode, movingNode, net_path, transformNode, warpedNode=None, affine="affine"):
+        """Register ``movingNode`` to ``fixedNode`` with a registration network; returns ``transformNode``.
+
+        ``net_path``: the network's weights file. ``transformNode`` (a
+        vtkMRMLGridTransformNode) receives the displacement field and the
+        moving node is placed under it, so it shows aligned at once;
+        ``warpedNode`` (optional) receives the moving image resampled onto the
+        fixed grid. ``affine``: pre-alignment kind, or None.
+        """
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.registration.apply import register_deformable
+
+        if transformNode is None or not transformNode.IsA("vtkMRMLGridTransformNode"):
+            raise ValueError("output transform: select a grid transform node")
+        if not net_path or not os.path.isfile(str(net_path)):
+            raise ValueError(f"network: weights file {net_path!r} not found")
+        fixed = nodes.volume_from_node(fixedNode, "fixed volume")
+        moving = nodes.volume_from_node(movingNode, "moving volume")
+        if fixedNode is movingNode:
+            raise ValueError("moving volume: must differ from the fixed volume")
+        result = register_deformable(fixed, moving, str(net_path), affine=affine)
+        nodes.grid_transform_from_field(result.displacement, transformNode, reference=fixedNode)
+        movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        if warpedNode is not None:
+            nodes.update_node_from_volume(result.warped, warpedNode, reference=fixedNode)
+        self.lastRegistration = result
+        return transformNode
+
+    # -- retrieval -----------------------------------------------------------
+
+    @staticmethod
+    def _queryImage(volume):
+        """The 2D image a volume queries with: itself, or its middle slice."""
+        return volume.array if volume.ndim == 2 else volume.array[volume.array.shape[0] // 2]
+
+    def query_database(self, db_path, volumeNode, k, tableNode, model=None):
+        """Fill ``tableNode`` with the ``k`` cases of the database most similar to the volume.
+
+        Columns: rank, source, distance (bits for hash codes), labels (joined
+        by "|"). ``model``: the encoder (a file or a built-in name); default:
+        the one the database was created with. Returns ``tableNode``.
+        """
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
+        from DeepSimilarityLib.retrieval.encoders import load_encoder
+
+        if tableNode is None:
+            raise ValueError("results table: no table node given")
+        if int(k) < 1:
+            raise ValueError(f"k: must be at least 1, got {k}")
+        if not db_path or not database_exists(db_path):
+            raise ValueError(f"database: {db_path!r} not found")
+        image = self._queryImage(nodes.volume_from_node(volumeNode, "query volume"))
+        with open_database(db_path) as db:
+            model = model or db.model
+            if not model:
+                raise ValueError(f"model: the database {db_path} names no model; give one")
+            matches = db.query_images([image], load_encoder(model), k=int(k))[0]
+        self._fillTable(tableNode, matches)
+        return tableNode
+
+    @staticmethod
+    def _fillTable(tableNode, matches):
+        import vtk
+
+        columns = {"rank": vtk.vtkIntArray(), "source": vtk.vtkStringArray(),
+                   "distance": vtk.vtkDoubleArray(), "labels": vtk.vtkStringArray()}
+        for name, column in columns.items():
+            column.SetName(name)
+        for rank, match in enumerate(matches, 1):
+            columns["rank"].InsertNextValue(rank)
+            columns["source"].InsertNextValue(str(match.source))
+            columns["distance"].InsertNextValue(float(match.distance))
+            columns["labels"].InsertNextValue("|".join(match.labels))
+        wasModifying = tableNode.StartModify()
+        tableNode.RemoveAllColumns()
+        for column in columns.values():
+            tableNode.AddColumn(column)
+        tableNode.EndModify(wasModifying)
+
+    def add_to_database(self, db_path, volumeNodes, model="thumbnail-sign", labels=None):
+        """Add volumes (their 2D image or middle slice) to a case database, created if missing.
+
+        Sources are the node names. ``labels``: one list of labels per node.
+        Returns the library's AddReport.
+        """
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.retrieval.case_store import NewCase
+        from DeepSimilarityLib.retrieval.databases import create_database, database_exists, open_database
+        from DeepSimilarityLib.retrieval.encoders import load_encoder
+
+        if not db_path:
+            raise ValueError("database: no file given")
+        images = [self._queryImage(nodes.volume_from_node(n, "volume to add")) for n in volumeNodes]
+        labels = labels or [()] * len(images)
+        cases = [NewCase(n.GetName(), image=im, labels=list(lab)) for n, im, lab in zip(volumeNodes, images, labels)]
+        if database_exists(db_path):
+            db = open_database(db_path)
+            model = db.model or model  # the database's own model, when it names one
+        else:
+            encoder = load_encoder(model)
+            db = create_database(db_path, encoder.model_id, encoder.kind, encoder.size, model=str(model))
+        with db:
+            return db.add(cases, load_encoder(model), progress=False)
 
 
 #
