@@ -146,6 +146,18 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        self.ui.heatmapButton.connect("clicked(bool)", self.onHeatmapButton)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.createDatabaseButton.connect("clicked(bool)", self.onCreateDatabaseButton)
+        self.ui.addVolumeButton.connect("clicked(bool)", self.onAddVolumeButton)
+        self.ui.addFolderButton.connect("clicked(bool)", self.onAddFolderButton)
+        self.ui.queryButton.connect("clicked(bool)", self.onQueryButton)
+
+        self._heatmapNode = None
+        self._bestPointNode = None
+        self._resultsTableNode = None
+        self._observedPoint = None
+
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -169,12 +181,139 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, inputParameterNode) -> None:
+        import vtk
+
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Follow the selected markups point: recompute when it is dragged (if auto-update is on)."""
+        point = self._parameterNode.point if self._parameterNode else None
+        if point is self._observedPoint:
+            return
+        if self._observedPoint is not None:
+            self.removeObserver(self._observedPoint, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onPointModified)
+        self._observedPoint = point
+        if point is not None:
+            self.addObserver(point, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onPointModified)
+
+    def onPointModified(self, caller=None, event=None) -> None:
+        if not (self._parameterNode and self._parameterNode.autoUpdate):
+            return
+        # Dragging sends many events: compute once the point has rested for a moment.
+        import qt
+
+        if not hasattr(self, "_heatmapTimer"):
+            self._heatmapTimer = qt.QTimer()
+            self._heatmapTimer.setSingleShot(True)
+            self._heatmapTimer.setInterval(300)
+            self._heatmapTimer.connect("timeout()", self.onHeatmapButton)
+        self._heatmapTimer.start()
+
+    # -- actions: each shows one error message and leaves the scene as it was
+
+    def onHeatmapButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to compute the similarity heat map.", waitCursor=True):
+            p = self._parameterNode
+            if p.point is None or p.point.GetNumberOfControlPoints() < 1:
+                raise ValueError("point: place one markups point on the CT")
+            pointRAS = [0.0, 0.0, 0.0]
+            p.point.GetNthControlPointPositionWorld(0, pointRAS)
+            heat, best = self.logic.compute_heatmap(p.ctVolume, p.mrVolume, pointRAS, p.metric, p.neighbourhood,
+                                                    p.patchSize, outputNode=self._heatmapNode)
+            self._heatmapNode = heat
+            slicer.util.setSliceViewerLayers(background=p.mrVolume, foreground=heat, foregroundOpacity=0.5)
+            self._showColorLegend(heat)
+            self._showBestPoint(best)
+            self.ui.statusLabel.text = f"Best match at RAS ({best[0]:.1f}, {best[1]:.1f}, {best[2]:.1f})"
+
+    @staticmethod
+    def _showColorLegend(volumeNode) -> None:
+        colors = getattr(slicer.modules, "colors", None)
+        if colors is not None:
+            legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(volumeNode)
+            if legend is not None:
+                legend.SetTitleText("similarity")
+
+    def _showBestPoint(self, pointRAS) -> None:
+        node = self._bestPointNode
+        if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "best match")
+            node.SetLocked(True)
+            self._bestPointNode = node
+        node.RemoveAllControlPoints()
+        node.AddControlPoint(list(pointRAS), "best")
+
+    def onRegisterButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Registration failed.", waitCursor=True):
+            from DeepSimilarityLib.paths import weights_dir
+
+            p = self._parameterNode
+            net = self.ui.weightsPathLineEdit.currentPath
+            if not net:
+                if p.registrationLoss != "deepsim":
+                    raise ValueError(f"network: no shipped network was trained with the {p.registrationLoss} loss; "
+                                     "give its weights file in the Networks panel")
+                net = str(weights_dir() / "registration_deepsim_seg_2d.pt")
+            transform = p.outputTransform
+            created = transform is None
+            if created:
+                transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "DeepSimilarity transform")
+            try:
+                self.logic.register(p.fixedVolume, p.movingVolume, net, transform, p.outputVolume)
+            except Exception:
+                if created:
+                    slicer.mrmlScene.RemoveNode(transform)
+                raise
+            p.outputTransform = transform
+            result = self.logic.lastRegistration
+            self.ui.diceLabel.text = (f"Folding {100 * result.folding:.2f}% of voxels, "
+                                      f"{result.seconds['total']:.1f} s")
+
+    def _databasePath(self) -> str:
+        path = self.ui.databasePathLineEdit.currentPath
+        if not path:
+            raise ValueError("database: choose a case database file")
+        return path
+
+    def onCreateDatabaseButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not create the case database.", waitCursor=True):
+            model = self.ui.weightsPathLineEdit.currentPath or "thumbnail-sign"
+            self.logic.create_database(self._databasePath(), model)
+            self.ui.statusLabel.text = f"Created {self._databasePath()}"
+
+    def onAddVolumeButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add the volume.", waitCursor=True):
+            report = self.logic.add_to_database(self._databasePath(), [self._parameterNode.queryVolume])
+            self.ui.statusLabel.text = str(report)
+
+    def onAddFolderButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add the folder.", waitCursor=True):
+            report = self.logic.add_folder(self._databasePath(), self.ui.folderPathLineEdit.currentPath)
+            self.ui.statusLabel.text = str(report)
+
+    def onQueryButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Query failed.", waitCursor=True):
+            import qt
+
+            p = self._parameterNode
+            if self._resultsTableNode is None or slicer.mrmlScene.GetNodeByID(self._resultsTableNode.GetID()) is None:
+                self._resultsTableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "retrieval results")
+            table = self.logic.query_database(self._databasePath(), p.queryVolume, p.topK, self._resultsTableNode)
+            view = self.ui.resultsTableWidget
+            view.setRowCount(table.GetNumberOfRows())
+            for row in range(table.GetNumberOfRows()):
+                labels = table.GetCellText(row, 3)
+                case = table.GetCellText(row, 1) + (f"  [{labels}]" if labels else "")
+                for column, text in enumerate((table.GetCellText(row, 0), table.GetCellText(row, 2), case)):
+                    view.setItem(row, column, qt.QTableWidgetItem(text))
 
 
 #
@@ -276,7 +415,7 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
         if transformNode is None or not transformNode.IsA("vtkMRMLGridTransformNode"):
             raise ValueError("output transform: select a grid transform node")
         if not net_path or not os.path.isfile(str(net_path)):
-            raise ValueError(f"network: weights file {net_path!r} not found")
+            raise ValueError(f"network: weights file '{net_path}' not found")
         fixed = nodes.volume_from_node(fixedNode, "fixed volume")
         moving = nodes.volume_from_node(movingNode, "moving volume")
         if fixedNode is movingNode:
@@ -312,7 +451,7 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
         if int(k) < 1:
             raise ValueError(f"k: must be at least 1, got {k}")
         if not db_path or not database_exists(db_path):
-            raise ValueError(f"database: {db_path!r} not found")
+            raise ValueError(f"database: '{db_path}' not found")
         image = self._queryImage(nodes.volume_from_node(volumeNode, "query volume"))
         with open_database(db_path) as db:
             model = model or db.model
@@ -341,6 +480,33 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
             tableNode.AddColumn(column)
         tableNode.EndModify(wasModifying)
 
+    def create_database(self, db_path, model="thumbnail-sign"):
+        """Create an empty case database for ``model``'s codes (a model file or a built-in encoder)."""
+        from DeepSimilarityLib.retrieval.databases import create_database, database_exists
+        from DeepSimilarityLib.retrieval.encoders import load_encoder
+
+        if not db_path:
+            raise ValueError("database: no file given")
+        if database_exists(db_path):
+            raise ValueError(f"database: {db_path} exists already")
+        encoder = load_encoder(model)
+        reference = str(os.path.abspath(model)) if os.path.exists(str(model)) else str(model)
+        create_database(db_path, encoder.model_id, encoder.kind, encoder.size, model=reference).close()
+
+    def add_folder(self, db_path, folder, labels_csv=None):
+        """Add every image of ``folder`` (labelled from ``labels_csv`` if given) to an existing database."""
+        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
+        from DeepSimilarityLib.retrieval.encoders import load_encoder
+
+        if not db_path or not database_exists(db_path):
+            raise ValueError(f"database: '{db_path}' not found; create it first")
+        if not folder or not os.path.isdir(str(folder)):
+            raise ValueError(f"folder: '{folder}' is not a folder")
+        with open_database(db_path) as db:
+            if not db.model:
+                raise ValueError(f"model: the database {db_path} names no model")
+            return db.add_folder(folder, load_encoder(db.model), labels_csv, progress=False)
+
     def add_to_database(self, db_path, volumeNodes, model="thumbnail-sign", labels=None):
         """Add volumes (their 2D image or middle slice) to a case database, created if missing.
 
@@ -349,7 +515,7 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
         """
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.retrieval.case_store import NewCase
-        from DeepSimilarityLib.retrieval.databases import create_database, database_exists, open_database
+        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
         from DeepSimilarityLib.retrieval.encoders import load_encoder
 
         if not db_path:
@@ -357,14 +523,10 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
         images = [self._queryImage(nodes.volume_from_node(n, "volume to add")) for n in volumeNodes]
         labels = labels or [()] * len(images)
         cases = [NewCase(n.GetName(), image=im, labels=list(lab)) for n, im, lab in zip(volumeNodes, images, labels)]
-        if database_exists(db_path):
-            db = open_database(db_path)
-            model = db.model or model  # the database's own model, when it names one
-        else:
-            encoder = load_encoder(model)
-            db = create_database(db_path, encoder.model_id, encoder.kind, encoder.size, model=str(model))
-        with db:
-            return db.add(cases, load_encoder(model), progress=False)
+        if not database_exists(db_path):
+            self.create_database(db_path, model)
+        with open_database(db_path) as db:
+            return db.add(cases, load_encoder(db.model or model), progress=False)
 
 
 #
@@ -379,6 +541,8 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_module_loads()
+        self.setUp()
+        self.test_heatmap_logic()
 
     def test_module_loads(self):
         self.delayDisplay("Starting the module loading test")
@@ -396,3 +560,23 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         self.assertIsNone(parameterNode.ctVolume)
 
         self.delayDisplay("Module loading test passed")
+
+    def test_heatmap_logic(self):
+        """A heat map of the 2D phantom: the CT against itself peaks at the point."""
+        self.delayDisplay("Starting the heat map test")
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.phantom import make_head_phantom
+
+        phantom = make_head_phantom((64, 64), seed=1)
+        ctNode = nodes.update_node_from_volume(phantom.ct, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
+        mrNode = nodes.update_node_from_volume(phantom.mr, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
+        pointRAS = nodes.ras_from_index(ctNode, (30, 34))
+        logic = DeepSimilarityLogic()
+        heat, best = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)
+        self.assertEqual(slicer.util.arrayFromVolume(heat).shape, (1, 9, 9))
+        _, best = logic.compute_heatmap(ctNode, ctNode, pointRAS, "lcc", neighbourhood=9, patch_size=7)
+        for got, expected in zip(best, pointRAS):
+            self.assertAlmostEqual(got, expected, places=3)
+        with self.assertRaises(ValueError):
+            logic.compute_heatmap(ctNode, None, pointRAS)
+        self.delayDisplay("Heat map test passed")

@@ -223,14 +223,12 @@ def _write_pngs(folder, n=6):
 
 
 def test_query_fills_the_results_table(logic, tmp_path):
-    from DeepSimilarityLib.retrieval.databases import create_database
-    from DeepSimilarityLib.retrieval.encoders import load_encoder
-
     images = _write_pngs(tmp_path / "images")
     db_path = tmp_path / "cases.db"
-    encoder = load_encoder("thumbnail-sign")
-    with create_database(db_path, encoder.model_id, encoder.kind, encoder.size, model="thumbnail-sign") as db:
-        db.add_folder(tmp_path / "images", encoder, progress=False)
+    logic.create_database(db_path, "thumbnail-sign")
+    with pytest.raises(ValueError, match="exists"):
+        logic.create_database(db_path, "thumbnail-sign")
+    assert len(logic.add_folder(db_path, tmp_path / "images").added) == 6
     queryNode = add_volume(Volume(images[3].astype(np.float32)), "query")
     tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
     out = logic.query_database(db_path, queryNode, 3, tableNode)
@@ -257,5 +255,12 @@ def test_query_rejects_bad_input(logic, tmp_path):
         logic.query_database(tmp_path / "missing.db", queryNode, 3, tableNode)
     with pytest.raises(ValueError, match="k"):
         logic.query_database(tmp_path / "missing.db", queryNode, 0, tableNode)
+    with pytest.raises(ValueError, match="create it first"):
+        logic.add_folder(tmp_path / "missing.db", tmp_path)
+    logic.create_database(tmp_path / "cases.db")
+    with pytest.raises(ValueError, match="folder"):
+        logic.add_folder(tmp_path / "cases.db", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="volume to add"):
+        logic.add_to_database(tmp_path / "new.db", [None])
     with pytest.raises(ValueError, match="results table"):
         logic.query_database(tmp_path / "missing.db", queryNode, 3, None)
