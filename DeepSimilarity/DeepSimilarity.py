@@ -568,8 +568,9 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         from DeepSimilarityLib.phantom import make_head_phantom
 
         phantom = make_head_phantom((64, 64), seed=1)
-        ctNode = nodes.update_node_from_volume(phantom.ct, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
-        mrNode = nodes.update_node_from_volume(phantom.mr, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
+        scene = slicer.mrmlScene
+        ctNode = nodes.update_node_from_volume(phantom.ct, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
+        mrNode = nodes.update_node_from_volume(phantom.mr, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
         pointRAS = nodes.ras_from_index(ctNode, (30, 34))
         logic = DeepSimilarityLogic()
         heat, best = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)

@@ -38,7 +38,7 @@ def _install_application_stubs():
             sys.modules[stub.__name__] = stub
     if "slicer.parameterNodeWrapper" not in sys.modules:
         try:
-            import slicer.parameterNodeWrapper  # noqa: F401
+            import slicer.parameterNodeWrapper  # noqa: F401  (inside Slicer)
         except ImportError:
             stub = types.ModuleType("slicer.parameterNodeWrapper")
             stub.parameterNodeWrapper = lambda cls: cls
