@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
 from .common import write_json
 
 
@@ -76,7 +76,7 @@ def run_demo(args):
     # The learned metric is left out: the shipped network learned real CT/MR slices and does not
     # transfer to the phantom's simpler contrasts (best match 30+ voxels off; see README).
     metrics = ["nmi", "lcc", "mind"]
-    steps = tqdm(total=3 + len(metrics), desc="demo", unit="step")
+    steps = progress_bar(total=3 + len(metrics), desc="demo", unit="step")
     t0 = time.perf_counter()
     phantom = make_head_phantom((256, 256), seed=args.seed, misalign=(6.0, (5.0, -4.0)))
     steps.update()
