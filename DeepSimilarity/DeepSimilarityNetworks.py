@@ -50,7 +50,7 @@ def _load_as(kind, path):
     else:
         from DeepSimilarityLib.retrieval.models_io import load_model
 
-        net = load_model(path)
+        net = load_model(path)[0]
         if net.config.get("kind") != kind:
             raise ValueError(f"it holds a {net.config.get('kind')} model")
 
