@@ -461,6 +461,8 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         self.test_module_loads()
         self.setUp()
         self.test_heatmap_logic()
+        self.setUp()
+        self.test_background_heatmap()
 
     def test_module_loads(self):
         self.delayDisplay("Starting the module loading test")
@@ -499,3 +501,28 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.compute_heatmap(ctNode, None, pointRAS)
         self.delayDisplay("Heat map test passed")
+
+    def test_background_heatmap(self):
+        """The heat map as a background deepsim process (Slicer's Python) equals the in-process one."""
+        self.delayDisplay("Starting the background job test")
+        import time
+
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.phantom import make_head_phantom
+
+        phantom = make_head_phantom((64, 64), seed=1)
+        scene = slicer.mrmlScene
+        ctNode = nodes.update_node_from_volume(phantom.ct, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
+        mrNode = nodes.update_node_from_volume(phantom.mr, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
+        pointRAS = nodes.ras_from_index(ctNode, (30, 34))
+        logic = DeepSimilarityLogic()
+        expected, _ = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)
+        job = logic.heatmap_job(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7).start()
+        deadline = time.time() + 300
+        while job.poll():
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+        self.assertEqual(job.state, "succeeded", job.error)
+        heat, _ = job.result
+        self.assertLess(abs(slicer.util.arrayFromVolume(heat) - slicer.util.arrayFromVolume(expected)).max(), 1e-5)
+        self.delayDisplay("Background job test passed")

@@ -358,3 +358,114 @@ def test_missing_dependencies_are_installed_only_after_confirmation():
     assert pip == ["torch==2.13.0 monai==1.6.1"]
     deps.ensure_dependencies(confirm=lambda text: pytest.fail("asked again"), install=install, find_spec=find_spec)
     assert deps.missing_requirements() == []  # this environment has them all
+
+
+# ------------------------------------------------- the widget's job handling
+
+
+class _Widget:
+    """Attributes standing in for Qt widgets (PythonQt exposes Qt properties as attributes)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def setRange(self, lo, hi):
+        self.range = (lo, hi)
+
+
+class _Timer:
+    def __init__(self):
+        self.active, self.interval = False, None
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+@pytest.fixture
+def widget(module, scene, monkeypatch):
+    import types
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = _Timer
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text), raising=False)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    w = module.DeepSimilarityWidget.__new__(module.DeepSimilarityWidget)
+    w._job, w.errors = None, errors
+    w.ui = types.SimpleNamespace(cancelButton=_Widget(enabled=False), progressBar=_Widget(value=0, range=(0, 100)),
+                                 statusLabel=_Widget(text=""), heatmapButton=_Widget(text="Compute heat map"),
+                                 registerButton=_Widget(text="Register"))
+    return w
+
+
+def _python_job(script, on_success=None):
+    import DeepSimilarityJobs as jobs
+
+    return jobs.Job([sys.executable, "-c", script], "test job", on_success=on_success)
+
+
+def _drive(w, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while w._job is not None:
+        assert w._jobTimer.active and time.monotonic() < deadline
+        w.onJobTimer()
+        time.sleep(0.02)
+
+
+def test_widget_apply_button_turns_into_cancel_and_back(widget):
+    w, shown = widget, []
+    script = "import json,time\nfor i in range(3):\n print(json.dumps({'progress': i / 2}), flush=True)\n time.sleep(0.05)"
+    w.runJob(_python_job(script, on_success=lambda job: "result"), w.ui.heatmapButton, shown.append)
+    assert w.ui.heatmapButton.text == "Cancel" and w.ui.cancelButton.enabled
+    assert w.ui.progressBar.range == (0, 0) and w._jobTimer.interval <= 200
+    with pytest.raises(ValueError, match="busy"):  # one job at a time
+        w.cancelJobFrom(w.ui.registerButton)
+    _drive(w)
+    assert shown == ["result"] and w.ui.heatmapButton.text == "Compute heat map"
+    assert not w.ui.cancelButton.enabled and w.ui.progressBar.value == 100 and not w._jobTimer.active
+    assert w.cancelJobFrom(w.ui.heatmapButton) is False  # nothing running: the button applies again
+
+
+def test_widget_cancel_and_failure_leave_one_message(widget):
+    w, shown = widget, []
+    w.runJob(_python_job("import time; time.sleep(30)"), w.ui.registerButton, shown.append)
+    assert w.cancelJobFrom(w.ui.registerButton) is True
+    assert w._job is None and w.ui.registerButton.text == "Register" and shown == []
+    assert "Cancelled" in w.ui.statusLabel.text and w.errors == []
+    w.runJob(_python_job("import sys; sys.exit('deepsim: error: --fixed: file not found')"), w.ui.registerButton,
+             shown.append)
+    _drive(w)
+    assert shown == [] and w.errors == ["Test job failed: deepsim: error: --fixed: file not found"]
+    assert w.ui.registerButton.text == "Register" and w.ui.progressBar.value == 0
+
+
+def test_the_module_self_test_runs_headless(module, scene):
+    """DeepSimilarityTest's heat map tests (one runs a real background deepsim process), as Slicer runs them;
+    test_module_loads needs Slicer's parameter node wrapper and runs only in Slicer."""
+    import unittest
+
+    class SelfTest(module.DeepSimilarityTest, unittest.TestCase):
+        def __init__(self):
+            unittest.TestCase.__init__(self, "runTest")
+
+        def delayDisplay(self, message):
+            pass
+
+        def runTest(self):
+            self.test_heatmap_logic()
+            slicer.mrmlScene.Clear(0)
+            self.test_background_heatmap()
+
+    result = unittest.TestResult()
+    SelfTest().run(result)
+    assert result.wasSuccessful(), result.errors + result.failures
