@@ -101,9 +101,6 @@ class RegistrationLogicMixin:
         """Put a registration result (library field and warped image) into the scene; Dice if ``labels``."""
         import DeepSimilarityNodes as nodes
 
-        if field.ndim == 3 and field.array.shape[0] == 1 and nodes.volume_from_node(fixedNode).ndim == 2:
-            field = type(field)(field.array[0, ..., :2], field.spacing[:2], field.origin[:2],
-                                field.direction[:2, :2].copy(), is_vector=True)
         self.lastDice = self.dice(field, *labels) if labels is not None else None
         nodes.grid_transform_from_field(field, transformNode, reference=fixedNode)
         movingNode.SetAndObserveTransformNodeID(transformNode.GetID())

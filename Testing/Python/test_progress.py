@@ -1,7 +1,5 @@
 """``deepsim --progress-json``: progress bars as JSON lines (DeepSimilarityLib.progress)."""
 
-import json
-
 from tqdm import tqdm
 
 from DeepSimilarityLib import progress

@@ -10,11 +10,9 @@ subprocess path is tested in test_slicer_jobs.py.
 
 import contextlib
 import io
-import json
 import shutil
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +330,7 @@ def test_double_clicked_case_loads_into_the_scene(logic, tmp_path):
 def test_pinned_requirements_equal_pyproject():
     import DeepSimilarityDependencies as deps
 
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert deps.REQUIREMENTS == project["dependencies"]
 
@@ -469,3 +468,28 @@ def test_the_module_self_test_runs_headless(module, scene):
     result = unittest.TestResult()
     SelfTest().run(result)
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+def test_loading_the_module_imports_no_heavy_library():
+    """Slicer imports every module at start-up: PyTorch and MONAI must wait for the first action."""
+    import subprocess
+
+    script = f"""
+import sys, types
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "DeepSimilarity")!r}]
+stub = types.ModuleType("slicer.ScriptedLoadableModule")
+for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+             "ScriptedLoadableModuleTest"):
+    setattr(stub, name, type(name, (), {{}}))
+sys.modules[stub.__name__] = stub
+wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+wrapper.parameterNodeWrapper = lambda cls: cls
+wrapper.Choice = wrapper.WithinRange = lambda *a, **k: None
+sys.modules[wrapper.__name__] = wrapper
+import DeepSimilarity
+heavy = sorted(m for m in ("torch", "monai", "skimage", "faiss") if m in sys.modules)
+print("heavy:", heavy)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "heavy: []"
