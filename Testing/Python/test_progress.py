@@ -1,4 +1,5 @@
-"""``deepsim --progress-json``: progress bars as JSON lines (DeepSimilarityLib.progress)."""
+"""Library support for the Slicer module's background jobs: ``deepsim --progress-json`` (progress bars as
+JSON lines, DeepSimilarityLib.progress) and the training sources read from image files."""
 
 from tqdm import tqdm
 
@@ -35,3 +36,30 @@ def test_the_option_is_global():
     args = build_parser().parse_args(["--progress-json", "info", "x.nii.gz"])
     assert args.progress_json is True
     assert build_parser().parse_args(["info", "x.nii.gz"]).progress_json is False
+
+
+def test_training_sets_from_image_files(tmp_path):
+    """The file sources of ``similarity train --ct-image/--mr-image`` and ``train features --image/--labels``."""
+    import numpy as np
+    import pytest
+
+    from DeepSimilarityLib.cli.train_registration import labelled_image_set
+    from DeepSimilarityLib.ctmr.experiment import image_pair_slices
+    from DeepSimilarityLib.errors import InputError
+    from DeepSimilarityLib.image_io import Volume, write_image
+
+    rng = np.random.default_rng(0)
+    image = Volume(rng.random((3, 10, 13)).astype(np.float32) * 100)
+    labels = np.zeros((3, 10, 13), np.int16)
+    labels[1, 2:5, 3:6] = 7
+    labels[1, 6:8, 1:4] = 40
+    write_image(image, tmp_path / "image.nii.gz")
+    write_image(Volume(labels), tmp_path / "labels.nii.gz")
+    x, y = labelled_image_set(tmp_path / "image.nii.gz", tmp_path / "labels.nii.gz")
+    assert tuple(x.shape) == (1, 1, 12, 16) and tuple(y.shape) == (1, 12, 16)  # labelled slice only, padded to 4
+    assert sorted(np.unique(y.numpy()).tolist()) == [0, 1, 2]  # ids 7 and 40 renumbered
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    with pytest.raises(InputError):
+        labelled_image_set(tmp_path / "image.nii.gz", tmp_path / "missing.nii.gz")
+    slices, source = image_pair_slices(tmp_path / "image.nii.gz", tmp_path / "image.nii.gz")
+    assert len(slices) == 3 and slices[0][0].shape == (10, 13) and "3 registered 3D" in source

@@ -493,3 +493,61 @@ print("heavy:", heavy)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "heavy: []"
+
+
+class _Combo(_Widget):
+    def __init__(self):
+        super().__init__(items=[], enabled=True)
+
+    count = property(lambda self: len(self.items))
+    currentText = property(lambda self: self.items[0] if self.items else "")
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def blockSignals(self, block):
+        return False
+
+
+def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
+    import types
+
+    import DeepSimilarityPanels as panels
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    monkeypatch.setattr(panels, "ensure_dependencies", lambda: None)
+
+    class Any(_Widget):
+        def connect(self, signal, slot):
+            self.slot = slot
+
+        def setVisible(self, visible):
+            self.visible = visible
+
+        def setPlainText(self, text):
+            self.plain = text
+
+        def setReadOnly(self, value):
+            self.readOnly = value
+
+    names = {n for pair in panels.TRAINING_ROWS for n in pair} | {
+        "loadShippedButton", "loadWeightsButton", "trainButton", "manifestTextBrowser", "currentNetworkLabel",
+        "weightsPathLineEdit"}
+    ui = types.SimpleNamespace(**{n: Any(text="", enabled=True, currentPath="") for n in names})
+    ui.shippedWeightsComboBox = _Combo()
+    ui.shippedWeightsComboBox.connect = lambda signal, slot: None
+    widget = types.SimpleNamespace(ui=ui, logic=module.DeepSimilarityLogic())
+    panel = panels.NetworksPanel(widget)
+    assert ui.manifestTextBrowser.readOnly is True
+    panel.showKind("hashing")
+    assert ui.shippedWeightsComboBox.items == ["osdh_nih_64bit.pt"] and ui.loadShippedButton.enabled
+    assert "Training data: nih" in ui.manifestTextBrowser.plain
+    assert ui.bitsSpinBox.visible and ui.trainCsvPathLineEdit.visible and not ui.pairsSpinBox.visible
+    panel.showKind("similarity")
+    assert ui.pairsSpinBox.visible and ui.trainCtVolumeSelector.visible and not ui.epochsSpinBox.visible
+    panel.onLoadShippedButton()
+    assert widget.logic.networks["similarity"].endswith("ctmr_similarity.pt")
+    assert ui.currentNetworkLabel.text == "ctmr_similarity.pt"
