@@ -41,6 +41,14 @@ def ensureLibraryImportable():
 
 ensureLibraryImportable()
 
+# The panels' code lives beside this script (Qt-free logic mixins, the job runner, the dependency check).
+from DeepSimilarityDependencies import ensure_dependencies  # noqa: E402
+from DeepSimilarityHeatmap import HeatmapLogicMixin  # noqa: E402
+from DeepSimilarityNetworks import NetworksLogicMixin  # noqa: E402
+from DeepSimilarityPanels import NetworksPanel  # noqa: E402
+from DeepSimilarityRegistration import RegistrationLogicMixin  # noqa: E402
+from DeepSimilarityRetrieval import RetrievalLogicMixin  # noqa: E402
+
 
 #
 # DeepSimilarity
@@ -88,10 +96,15 @@ medical image retrieval. MICCAI 2018.</li>
 class DeepSimilarityParameterNode:
     """The module's state, saved with the scene and bound to the widgets named by ``SlicerParameterName``."""
 
-    # Networks
-    modelKind: Annotated[str, Choice(["similarity", "deepsim", "siamese", "hashing"])] = "similarity"
+    # Networks (training options as named by the deepsim train commands)
+    modelKind: Annotated[str, Choice(["similarity", "deepsim", "registration", "siamese", "hashing"])] = "similarity"
+    trainCtVolume: vtkMRMLScalarVolumeNode
+    trainMrVolume: vtkMRMLScalarVolumeNode
+    trainImageVolume: vtkMRMLScalarVolumeNode
+    trainLabelVolume: vtkMRMLLabelMapVolumeNode
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
-    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-3
+    pairs: Annotated[int, WithinRange(10, 100000)] = 2000
+    bits: Annotated[int, WithinRange(8, 256)] = 64
 
     # Similarity heat map (patch and neighbourhood edges are odd, in voxels)
     ctVolume: vtkMRMLScalarVolumeNode
@@ -128,6 +141,7 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -140,6 +154,7 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = DeepSimilarityLogic()
+        self.networksPanel = NetworksPanel(self)
 
         # A closed scene takes its parameter node with it: drop the binding
         # before and make a fresh node after.
@@ -152,6 +167,8 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addVolumeButton.connect("clicked(bool)", self.onAddVolumeButton)
         self.ui.addFolderButton.connect("clicked(bool)", self.onAddFolderButton)
         self.ui.queryButton.connect("clicked(bool)", self.onQueryButton)
+        self.ui.resultsTableWidget.connect("cellDoubleClicked(int,int)", self.onResultDoubleClicked)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
         self._heatmapNode = None
         self._bestPointNode = None
@@ -161,6 +178,8 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self._job is not None:  # no orphan process when the module is reloaded or Slicer quits
+            self._job.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -194,7 +213,9 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Follow the selected markups point: recompute when it is dragged (if auto-update is on)."""
+        """Follow the model kind (Networks panel) and the selected markups point (auto update)."""
+        if self._parameterNode:
+            self.networksPanel.showKind(self._parameterNode.modelKind)
         point = self._parameterNode.point if self._parameterNode else None
         if point is self._observedPoint:
             return
@@ -205,7 +226,7 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(point, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onPointModified)
 
     def onPointModified(self, caller=None, event=None) -> None:
-        if not (self._parameterNode and self._parameterNode.autoUpdate):
+        if not (self._parameterNode and self._parameterNode.autoUpdate) or self._job is not None:
             return
         # Dragging sends many events: compute once the point has rested for a moment.
         import qt
@@ -217,65 +238,131 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._heatmapTimer.connect("timeout()", self.onHeatmapButton)
         self._heatmapTimer.start()
 
+    # -- background jobs: one at a time; its Apply button turns into Cancel
+
+    def runJob(self, job, button, onSuccess) -> None:
+        """Start ``job`` and poll it from a timer; ``onSuccess(job.result)`` runs when it succeeds."""
+        import qt
+
+        self._job, self._jobButton, self._jobButtonText, self._jobOnSuccess = job, button, button.text, onSuccess
+        button.text = "Cancel"
+        self.ui.cancelButton.enabled = True
+        self.ui.progressBar.setRange(0, 0)  # busy until the process reports a fraction
+        self.ui.statusLabel.text = f"Running {job.description}..."
+        if not hasattr(self, "_jobTimer"):
+            self._jobTimer = qt.QTimer()
+            self._jobTimer.setInterval(100)
+            self._jobTimer.connect("timeout()", self.onJobTimer)
+        job.start()
+        self._jobTimer.start()
+        self.onJobTimer()
+
+    def cancelJobFrom(self, button) -> bool:
+        """Cancel the running job if ``button`` is its Cancel button; refuse a second job. True if cancelled."""
+        if self._job is None:
+            return False
+        if button is not self._jobButton:
+            raise ValueError(f"busy: {self._job.description} is running; cancel it or wait")
+        self.onCancelButton()
+        return True
+
+    def onCancelButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.onJobTimer()
+
+    def onJobTimer(self) -> None:
+        job = self._job
+        if job is None:
+            return
+        if job.poll():
+            if job.progress is not None:
+                self.ui.progressBar.setRange(0, 100)
+                self.ui.progressBar.value = int(round(100 * job.progress))
+            self.ui.statusLabel.text = f"Running {job.description}... {job.stage}"
+            return
+        self._jobTimer.stop()
+        self._job = None
+        self._jobButton.text = self._jobButtonText
+        self._jobButton = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.value = 100 if job.state == "succeeded" else 0
+        if job.state == "succeeded":
+            self.ui.statusLabel.text = f"Finished {job.description}."
+            with slicer.util.tryWithErrorDisplay(f"Could not show the result of {job.description}."):
+                self._jobOnSuccess(job.result)
+        elif job.state == "failed":
+            self.ui.statusLabel.text = f"Failed: {job.error}"
+            slicer.util.errorDisplay(f"{job.description[0].upper()}{job.description[1:]} failed: {job.error}")
+        else:
+            self.ui.statusLabel.text = f"Cancelled {job.description}; the scene is unchanged."
+
     # -- actions: each shows one error message and leaves the scene as it was
 
     def onHeatmapButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to compute the similarity heat map.", waitCursor=True):
+            if self.cancelJobFrom(self.ui.heatmapButton):
+                return
+            ensure_dependencies()
             p = self._parameterNode
             if p.point is None or p.point.GetNumberOfControlPoints() < 1:
                 raise ValueError("point: place one markups point on the CT")
             pointRAS = [0.0, 0.0, 0.0]
             p.point.GetNthControlPointPositionWorld(0, pointRAS)
-            heat, best = self.logic.compute_heatmap(p.ctVolume, p.mrVolume, pointRAS, p.metric, p.neighbourhood,
-                                                    p.patchSize, outputNode=self._heatmapNode)
-            self._heatmapNode = heat
-            slicer.util.setSliceViewerLayers(background=p.mrVolume, foreground=heat, foregroundOpacity=0.5)
-            self._showColorLegend(heat)
-            self._showBestPoint(best)
-            self.ui.statusLabel.text = f"Best match at RAS ({best[0]:.1f}, {best[1]:.1f}, {best[2]:.1f})"
+            args = (p.ctVolume, p.mrVolume, pointRAS, p.metric, p.neighbourhood, p.patchSize)
+            if self.logic.heatmap_in_background(p.ctVolume, p.neighbourhood):
+                job = self.logic.heatmap_job(*args, outputNode=self._heatmapNode)
+                self.runJob(job, self.ui.heatmapButton, self._showHeatmap)
+            else:
+                self._showHeatmap(self.logic.compute_heatmap(*args, outputNode=self._heatmapNode))
 
-    @staticmethod
-    def _showColorLegend(volumeNode) -> None:
+    def _showHeatmap(self, result) -> None:
+        heat, best = result
+        self._heatmapNode = heat
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.mrVolume, foreground=heat,
+                                         foregroundOpacity=0.5)
         colors = getattr(slicer.modules, "colors", None)
         if colors is not None:
-            legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(volumeNode)
+            legend = colors.logic().AddDefaultColorLegendDisplayNode(heat)
             if legend is not None:
                 legend.SetTitleText("similarity")
-
-    def _showBestPoint(self, pointRAS) -> None:
         node = self._bestPointNode
         if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
             node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "best match")
             node.SetLocked(True)
             self._bestPointNode = node
         node.RemoveAllControlPoints()
-        node.AddControlPoint(list(pointRAS), "best")
+        node.AddControlPoint(list(best), "best")
+        self.ui.statusLabel.text = f"Best match at RAS ({best[0]:.1f}, {best[1]:.1f}, {best[2]:.1f})"
 
     def onRegisterButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Registration failed.", waitCursor=True):
-            from DeepSimilarityLib.paths import weights_dir
-
+            if self.cancelJobFrom(self.ui.registerButton):
+                return
+            ensure_dependencies()
             p = self._parameterNode
-            net = self.ui.weightsPathLineEdit.currentPath
+            net = self.logic.networks.get("registration")
             if not net:
                 if p.registrationLoss != "deepsim":
                     raise ValueError(f"network: no shipped network was trained with the {p.registrationLoss} loss; "
-                                     "give its weights file in the Networks panel")
-                net = str(weights_dir() / "registration_deepsim_seg_2d.pt")
-            transform = p.outputTransform
-            created = transform is None
-            if created:
-                transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "DeepSimilarity transform")
-            try:
-                self.logic.register(p.fixedVolume, p.movingVolume, net, transform, p.outputVolume)
-            except Exception:
-                if created:
-                    slicer.mrmlScene.RemoveNode(transform)
-                raise
-            p.outputTransform = transform
-            result = self.logic.lastRegistration
-            self.ui.diceLabel.text = (f"Folding {100 * result.folding:.2f}% of voxels, "
-                                      f"{result.seconds['total']:.1f} s")
+                                     "train one or load its weights file in the Networks panel")
+                net = self.logic.network_for("registration", "registration_deepsim_seg_2d.pt")
+            job = self.logic.registration_job(p.fixedVolume, p.movingVolume, net, p.outputTransform, p.outputVolume,
+                                              fixedLabelNode=p.fixedLabel, movingLabelNode=p.movingLabel)
+            self.runJob(job, self.ui.registerButton, self._showRegistration)
+
+    def _showRegistration(self, transform) -> None:
+        self._parameterNode.outputTransform = transform
+        info = self.logic.lastRegistrationInfo
+        text = f"Folding {100 * info['folding']:.2f}% of voxels, {info['seconds']['total']:.1f} s"
+        if self.logic.lastDice is not None:
+            mean, per_label = self.logic.lastDice
+            self.ui.diceLabel.text = f"{mean:.3f} (mean of {len(per_label)} labels)"
+            text += "; Dice per label: " + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(per_label.items()))
+        else:
+            self.ui.diceLabel.text = "- (no label maps)"
+        self.ui.statusLabel.text = text
 
     def _databasePath(self) -> str:
         path = self.ui.databasePathLineEdit.currentPath
@@ -285,24 +372,31 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCreateDatabaseButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not create the case database.", waitCursor=True):
-            model = self.ui.weightsPathLineEdit.currentPath or "thumbnail-sign"
+            ensure_dependencies()
+            model = self.logic.networks.get("hashing") or self.logic.networks.get("siamese") or "thumbnail-sign"
             self.logic.create_database(self._databasePath(), model)
-            self.ui.statusLabel.text = f"Created {self._databasePath()}"
+            self.ui.statusLabel.text = f"Created {self._databasePath()} for {os.path.basename(model)}"
 
     def onAddVolumeButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not add the volume.", waitCursor=True):
+            ensure_dependencies()
             report = self.logic.add_to_database(self._databasePath(), [self._parameterNode.queryVolume])
             self.ui.statusLabel.text = str(report)
 
     def onAddFolderButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not add the folder.", waitCursor=True):
-            report = self.logic.add_folder(self._databasePath(), self.ui.folderPathLineEdit.currentPath)
-            self.ui.statusLabel.text = str(report)
+        with slicer.util.tryWithErrorDisplay("Could not add the folder."):
+            if self.cancelJobFrom(self.ui.addFolderButton):
+                return
+            ensure_dependencies()
+            job = self.logic.add_folder_job(self._databasePath(), self.ui.folderPathLineEdit.currentPath,
+                                            self.ui.folderLabelsPathLineEdit.currentPath or None)
+            self.runJob(job, self.ui.addFolderButton, lambda report: setattr(self.ui.statusLabel, "text", report))
 
     def onQueryButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Query failed.", waitCursor=True):
             import qt
 
+            ensure_dependencies()
             p = self._parameterNode
             if self._resultsTableNode is None or slicer.mrmlScene.GetNodeByID(self._resultsTableNode.GetID()) is None:
                 self._resultsTableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "retrieval results")
@@ -315,26 +409,35 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 for column, text in enumerate((table.GetCellText(row, 0), table.GetCellText(row, 2), case)):
                     view.setItem(row, column, qt.QTableWidgetItem(text))
 
+    def onResultDoubleClicked(self, row, column) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not load the case.", waitCursor=True):
+            node = self.logic.load_case(self._resultsTableNode, row)
+            slicer.util.setSliceViewerLayers(background=node, foreground=None)
+            self.ui.statusLabel.text = f"Loaded case {node.GetName()}"
+
 
 #
 # DeepSimilarityLogic
 #
 
 
-class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
+class DeepSimilarityLogic(ScriptedLoadableModuleLogic, NetworksLogicMixin, HeatmapLogicMixin,
+                          RegistrationLogicMixin, RetrievalLogicMixin):
     """Computations of the module, usable from Python without the GUI.
 
-    Each method is a thin layer over DeepSimilarityLib: MRML nodes are
-    converted to library volumes by ``DeepSimilarityNodes`` (the one bridge),
-    the library computes, and the results go back into nodes. No GUI code
-    here; bad input raises ValueError naming the node or parameter, before
-    any node is changed. Heavy libraries are imported on first use.
+    The methods come per panel from the mixins (DeepSimilarityNetworks,
+    DeepSimilarityHeatmap, DeepSimilarityRegistration, DeepSimilarityRetrieval);
+    each is a thin layer over DeepSimilarityLib: MRML nodes are converted to
+    library volumes by ``DeepSimilarityNodes`` (the one bridge), the library
+    computes, in this process or as a background ``deepsim`` job (the ``*_job``
+    methods, see DeepSimilarityJobs), and the results go back into nodes. No GUI
+    code; bad input raises ValueError naming the node or parameter, before any
+    node is changed. Heavy libraries are imported on first use.
     """
-
-    HEATMAP_COLORS = "DeepSimilarityHeatMapColors"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.lastDice = None
 
     def getParameterNode(self):
         return DeepSimilarityParameterNode(super().getParameterNode())
@@ -342,191 +445,6 @@ class DeepSimilarityLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _newNode(className, name):
         return slicer.mrmlScene.AddNewNodeByClass(className, slicer.mrmlScene.GenerateUniqueName(name))
-
-    # -- similarity heat map ------------------------------------------------
-
-    def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
-                        outputNode=None, depth=None):
-        """Score the CT patch at ``pointRAS`` against the MR patches around it.
-
-        Returns ``(heatmapVolumeNode, best_point_RAS)``: a scalar volume on the
-        scored MR positions (CT grid, which the MR is resampled onto when the
-        grids differ), shown with a colour table and a window spanning the
-        scores, ready to be the foreground over the MR; and the RAS position of
-        the best score. 2D maps for one-slice volumes, ``depth`` slices in 3D.
-        """
-        import DeepSimilarityNodes as nodes
-        from DeepSimilarityLib.heatmap import similarity_heatmap
-        from DeepSimilarityLib.patch_metrics import get_metric
-
-        ct = nodes.volume_from_node(ctNode, "CT volume")
-        mr = nodes.volume_from_node(mrNode, "MR volume")
-        if pointRAS is None or len(pointRAS) != 3:
-            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
-        for name, value in (("neighbourhood", neighbourhood), ("patch size", patch_size)):
-            if int(value) < 1 or int(value) % 2 == 0:
-                raise ValueError(f"{name}: must be a positive odd number of voxels, got {value}")
-        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
-        result = similarity_heatmap(ct, mr, index=index, metric=get_metric(metric), patch_size=int(patch_size),
-                                    neighbourhood=int(neighbourhood), depth=depth)
-        if outputNode is None:
-            outputNode = self._newNode("vtkMRMLScalarVolumeNode", f"{metric} heat map")
-        nodes.update_node_from_volume(result.scores, outputNode, reference=ctNode)
-        self._showAsHeatMap(outputNode, result.scores.array)
-        best_ras = nodes.ras_from_index(ctNode, result.best_index[::-1])
-        return outputNode, best_ras
-
-    def _heatMapColorNode(self):
-        """A colour table of the scene for heat maps; made once per scene (bare scenes have none)."""
-        for nodeId in ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow"):
-            node = slicer.mrmlScene.GetNodeByID(nodeId)
-            if node is not None:
-                return node
-        node = slicer.mrmlScene.GetFirstNodeByName(self.HEATMAP_COLORS)
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", self.HEATMAP_COLORS)
-            node.SetTypeToRainbow()
-        return node
-
-    def _showAsHeatMap(self, volumeNode, scores):
-        if volumeNode.GetDisplayNode() is None:
-            volumeNode.CreateDefaultDisplayNodes()
-        display = volumeNode.GetDisplayNode()
-        display.SetAndObserveColorNodeID(self._heatMapColorNode().GetID())
-        lo, hi = float(scores.min()), float(scores.max())
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1e-6)
-        display.SetInterpolate(False)  # one score per voxel: show the cells as computed
-
-    # -- registration --------------------------------------------------------
-
-    def register(self, fixedNode, movingNode, net_path, transformNode, warpedNode=None, affine="affine"):
-        """Register ``movingNode`` to ``fixedNode`` with a registration network; returns ``transformNode``.
-
-        ``net_path``: the network's weights file. ``transformNode`` (a
-        vtkMRMLGridTransformNode) receives the displacement field and the
-        moving node is placed under it, so it shows aligned at once;
-        ``warpedNode`` (optional) receives the moving image resampled onto the
-        fixed grid. ``affine``: pre-alignment kind, or None.
-        """
-        import DeepSimilarityNodes as nodes
-        from DeepSimilarityLib.registration.apply import register_deformable
-
-        if transformNode is None or not transformNode.IsA("vtkMRMLGridTransformNode"):
-            raise ValueError("output transform: select a grid transform node")
-        if not net_path or not os.path.isfile(str(net_path)):
-            raise ValueError(f"network: weights file '{net_path}' not found")
-        fixed = nodes.volume_from_node(fixedNode, "fixed volume")
-        moving = nodes.volume_from_node(movingNode, "moving volume")
-        if fixedNode is movingNode:
-            raise ValueError("moving volume: must differ from the fixed volume")
-        result = register_deformable(fixed, moving, str(net_path), affine=affine)
-        nodes.grid_transform_from_field(result.displacement, transformNode, reference=fixedNode)
-        movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        if warpedNode is not None:
-            nodes.update_node_from_volume(result.warped, warpedNode, reference=fixedNode)
-        self.lastRegistration = result
-        return transformNode
-
-    # -- retrieval -----------------------------------------------------------
-
-    @staticmethod
-    def _queryImage(volume):
-        """The 2D image a volume queries with: itself, or its middle slice."""
-        return volume.array if volume.ndim == 2 else volume.array[volume.array.shape[0] // 2]
-
-    def query_database(self, db_path, volumeNode, k, tableNode, model=None):
-        """Fill ``tableNode`` with the ``k`` cases of the database most similar to the volume.
-
-        Columns: rank, source, distance (bits for hash codes), labels (joined
-        by "|"). ``model``: the encoder (a file or a built-in name); default:
-        the one the database was created with. Returns ``tableNode``.
-        """
-        import DeepSimilarityNodes as nodes
-        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
-        from DeepSimilarityLib.retrieval.encoders import load_encoder
-
-        if tableNode is None:
-            raise ValueError("results table: no table node given")
-        if int(k) < 1:
-            raise ValueError(f"k: must be at least 1, got {k}")
-        if not db_path or not database_exists(db_path):
-            raise ValueError(f"database: '{db_path}' not found")
-        image = self._queryImage(nodes.volume_from_node(volumeNode, "query volume"))
-        with open_database(db_path) as db:
-            model = model or db.model
-            if not model:
-                raise ValueError(f"model: the database {db_path} names no model; give one")
-            matches = db.query_images([image], load_encoder(model), k=int(k))[0]
-        self._fillTable(tableNode, matches)
-        return tableNode
-
-    @staticmethod
-    def _fillTable(tableNode, matches):
-        import vtk
-
-        columns = {"rank": vtk.vtkIntArray(), "source": vtk.vtkStringArray(),
-                   "distance": vtk.vtkDoubleArray(), "labels": vtk.vtkStringArray()}
-        for name, column in columns.items():
-            column.SetName(name)
-        for rank, match in enumerate(matches, 1):
-            columns["rank"].InsertNextValue(rank)
-            columns["source"].InsertNextValue(str(match.source))
-            columns["distance"].InsertNextValue(float(match.distance))
-            columns["labels"].InsertNextValue("|".join(match.labels))
-        wasModifying = tableNode.StartModify()
-        tableNode.RemoveAllColumns()
-        for column in columns.values():
-            tableNode.AddColumn(column)
-        tableNode.EndModify(wasModifying)
-
-    def create_database(self, db_path, model="thumbnail-sign"):
-        """Create an empty case database for ``model``'s codes (a model file or a built-in encoder)."""
-        from DeepSimilarityLib.retrieval.databases import create_database, database_exists
-        from DeepSimilarityLib.retrieval.encoders import load_encoder
-
-        if not db_path:
-            raise ValueError("database: no file given")
-        if database_exists(db_path):
-            raise ValueError(f"database: {db_path} exists already")
-        encoder = load_encoder(model)
-        reference = str(os.path.abspath(model)) if os.path.exists(str(model)) else str(model)
-        create_database(db_path, encoder.model_id, encoder.kind, encoder.size, model=reference).close()
-
-    def add_folder(self, db_path, folder, labels_csv=None):
-        """Add every image of ``folder`` (labelled from ``labels_csv`` if given) to an existing database."""
-        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
-        from DeepSimilarityLib.retrieval.encoders import load_encoder
-
-        if not db_path or not database_exists(db_path):
-            raise ValueError(f"database: '{db_path}' not found; create it first")
-        if not folder or not os.path.isdir(str(folder)):
-            raise ValueError(f"folder: '{folder}' is not a folder")
-        with open_database(db_path) as db:
-            if not db.model:
-                raise ValueError(f"model: the database {db_path} names no model")
-            return db.add_folder(folder, load_encoder(db.model), labels_csv, progress=False)
-
-    def add_to_database(self, db_path, volumeNodes, model="thumbnail-sign", labels=None):
-        """Add volumes (their 2D image or middle slice) to a case database, created if missing.
-
-        Sources are the node names. ``labels``: one list of labels per node.
-        Returns the library's AddReport.
-        """
-        import DeepSimilarityNodes as nodes
-        from DeepSimilarityLib.retrieval.case_store import NewCase
-        from DeepSimilarityLib.retrieval.databases import database_exists, open_database
-        from DeepSimilarityLib.retrieval.encoders import load_encoder
-
-        if not db_path:
-            raise ValueError("database: no file given")
-        images = [self._queryImage(nodes.volume_from_node(n, "volume to add")) for n in volumeNodes]
-        labels = labels or [()] * len(images)
-        cases = [NewCase(n.GetName(), image=im, labels=list(lab)) for n, im, lab in zip(volumeNodes, images, labels)]
-        if not database_exists(db_path):
-            self.create_database(db_path, model)
-        with open_database(db_path) as db:
-            return db.add(cases, load_encoder(db.model or model), progress=False)
 
 
 #
@@ -543,6 +461,8 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         self.test_module_loads()
         self.setUp()
         self.test_heatmap_logic()
+        self.setUp()
+        self.test_background_heatmap()
 
     def test_module_loads(self):
         self.delayDisplay("Starting the module loading test")
@@ -581,3 +501,28 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.compute_heatmap(ctNode, None, pointRAS)
         self.delayDisplay("Heat map test passed")
+
+    def test_background_heatmap(self):
+        """The heat map as a background deepsim process (Slicer's Python) equals the in-process one."""
+        self.delayDisplay("Starting the background job test")
+        import time
+
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.phantom import make_head_phantom
+
+        phantom = make_head_phantom((64, 64), seed=1)
+        scene = slicer.mrmlScene
+        ctNode = nodes.update_node_from_volume(phantom.ct, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
+        mrNode = nodes.update_node_from_volume(phantom.mr, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
+        pointRAS = nodes.ras_from_index(ctNode, (30, 34))
+        logic = DeepSimilarityLogic()
+        expected, _ = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)
+        job = logic.heatmap_job(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7).start()
+        deadline = time.time() + 300
+        while job.poll():
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+        self.assertEqual(job.state, "succeeded", job.error)
+        heat, _ = job.result
+        self.assertLess(abs(slicer.util.arrayFromVolume(heat) - slicer.util.arrayFromVolume(expected)).max(), 1e-5)
+        self.delayDisplay("Background job test passed")

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "DeepSim registration, Siamese and hashing case retrieval.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('DeepSimilarityLib').__version__}")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="report progress as JSON lines on stdout ({\"progress\": fraction, ...}) instead of "
+                             "bars on stderr, for programs running deepsim (e.g. the Slicer module)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (demo, imaging, similarity, train, evaluate, retrieval):
         module.register_parser(sub)
@@ -33,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..progress import set_json_progress
+
+    set_json_progress(args.progress_json)
     try:
         result = args.func(args)
     except InputError as exc:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
 from .common import write_json
 
 
@@ -144,7 +144,7 @@ def run_demo(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = ["nmi", "lcc", "mind", "learned"]
-    steps = tqdm(total=5 + len(metrics), desc="demo", unit="step")
+    steps = progress_bar(total=5 + len(metrics), desc="demo", unit="step")
     t0 = time.perf_counter()
     phantom = make_head_phantom((256, 256), seed=args.seed, misalign=(6.0, (5.0, -4.0)))
     steps.update()

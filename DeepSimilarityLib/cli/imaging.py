@@ -40,6 +40,7 @@ def register_parser(sub):
     p.add_argument("--out-field", help="deformable: displacement field as a vector image (.nii.gz/.nrrd/.mha), "
                                        "mm, fixed -> moving, LPS components unless --ras")
     p.add_argument("--ras", action="store_true", help="deformable: write --out-field components in RAS (Slicer's)")
+    p.add_argument("--out-json", help="deformable: also write the folding fraction and the times as JSON")
     p.set_defaults(func=run_register)
 
     p = sub.add_parser("jacobian", help="Jacobian determinant map of a displacement field and its folding count")
@@ -97,7 +98,7 @@ def run_register(args):
 
     if args.method == "deformable":
         return run_register_deformable(args)
-    for name in ("net", "out_field"):
+    for name in ("net", "out_field", "out_json"):
         if getattr(args, name):
             raise InputError("--" + name.replace("_", "-"), "is used by --method deformable only")
     out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
@@ -130,6 +131,7 @@ def run_register_deformable(args):
     out_t = output_path(args.out_transform, "--out-transform") if args.out_transform else None
     out_w = output_path(args.out_warped, "--out-warped") if args.out_warped else None
     out_f = output_path(args.out_field, "--out-field") if args.out_field else None
+    out_j = output_path(args.out_json, "--out-json") if args.out_json else None
     if out_t is None and out_w is None and out_f is None:
         raise InputError("register", "give --out-transform, --out-warped and/or --out-field")
     if out_t is not None and out_t.suffix not in (".h5", ".hdf5", ".tfm", ".txt"):
@@ -160,6 +162,11 @@ def run_register_deformable(args):
     if out_w:
         write_image(result.warped, out_w)
         print(f"wrote {out_w}")
+    if out_j:
+        from .common import write_json
+
+        write_json({"folding": result.folding, "seconds": result.seconds}, out_j)
+        print(f"wrote {out_j}")
 
 
 def _read_field(path):

@@ -35,6 +35,8 @@ def register_parser(sub):
                         help="train on every patient of this region of ../shared/data/ct-mr-slices (default head)")
     source.add_argument("--patients", help="comma-separated patients, e.g. Patient_01,Patient_02")
     source.add_argument("--phantom", action="store_true", help="train on phantom slices (no real data needed)")
+    source.add_argument("--ct-image", help="train on this CT image file (2D or 3D) and --mr-image, registered to it")
+    t.add_argument("--mr-image", help="MR image file registered to --ct-image (resampled onto its grid if needed)")
     t.add_argument("--mr", default="T1", choices=["T1", "T2"], help="MR sequence (default T1)")
     t.add_argument("--dim", type=int, default=2, choices=[2, 3],
                    help="2: 17x17 patches; 3: 17x17x17 patches from the 3D phantom, first layer 2 x 512 (default 2)")
@@ -132,7 +134,7 @@ def run_train(args):
     import datetime
 
     import torch
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     from ..ctmr import save_net, train_similarity_net
     from ..ctmr.experiment import training_slices
@@ -143,11 +145,13 @@ def run_train(args):
         raise InputError("--pairs", f"needs at least 10 pairs, got {args.pairs}")
     if args.patch_size < 3 or args.patch_size % 2 == 0:
         raise InputError("--patch-size", f"must be an odd number >= 3, got {args.patch_size}")
+    if bool(args.ct_image) != bool(args.mr_image):
+        raise InputError("--ct-image", "give --ct-image and --mr-image together")
     if args.threads:
         torch.set_num_threads(args.threads)
     slices, source = training_slices(region=args.region, patients=args.patients, phantom=args.phantom, mr=args.mr,
                                      max_outline_distance=args.max_outline_distance, downsample=args.downsample,
-                                     dim=args.dim)
+                                     dim=args.dim, images=(args.ct_image, args.mr_image) if args.ct_image else None)
     if args.hard_negatives:
         from ..ctmr.cascade import hard_negative_pairs
 
@@ -155,7 +159,7 @@ def run_train(args):
     else:
         pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size,
                                   negatives_per_positive=args.negatives, positive_jitter=args.jitter)
-    bar = tqdm(total=100, desc="training", unit="%")
+    bar = progress_bar(total=100, desc="training", unit="%")
 
     def progress(stage, fraction):
         bar.set_postfix_str(stage)
@@ -169,7 +173,7 @@ def run_train(args):
                                         patch_norm=args.patch_norm)
     bar.close()
     metadata = dict(net.metadata, kind="ctmr-similarity", data=source, mr=args.mr, patch_size=args.patch_size,
-                    downsample=1 if (args.phantom or args.dim == 3) else args.downsample, dim=args.dim,
+                    downsample=1 if (args.phantom or args.ct_image or args.dim == 3) else args.downsample, dim=args.dim,
                     hard_negatives=args.hard_negatives, **recipe_kwargs(args),
                     pairs_positive=args.pairs, train_accuracy=history["train_accuracy"],
                     train_seconds=history["seconds"], date=datetime.date.today().isoformat())

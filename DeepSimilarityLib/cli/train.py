@@ -84,9 +84,9 @@ def _load(args, single_label: bool):
 
 
 def _progress_bar(total_epochs: int):
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    bar = tqdm(total=total_epochs, desc="training", unit="epoch")
+    bar = progress_bar(total=total_epochs, desc="training", unit="epoch")
 
     def progress(stage, fraction):
         bar.set_postfix_str(stage)

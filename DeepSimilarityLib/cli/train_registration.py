@@ -25,6 +25,9 @@ def add_parsers(kinds):
     f = kinds.add_parser("features", help="DeepSim feature net: segmentation or autoencoder on the vxm brain scan")
     f.add_argument("--mode", required=True, choices=["seg", "ae"])
     f.add_argument("--epochs", type=int, default=20)
+    f.add_argument("--image", help="train on this image file (2D, or the axial slices of a 3D one) instead of the vxm scan")
+    f.add_argument("--labels", help="label map of --image (same grid; ids are renumbered 1..K)")
+    f.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="weights file to write (.pt)")
     f.set_defaults(func=run_train_features)
@@ -38,9 +41,9 @@ DEFAULT_LAMBDA = {"mse": 0.0025, "ncc": 0.25, "ncc-sup": 1.0, "nmi": 1.2, "mind"
 
 
 def _progress_bar(total_desc):
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    bar = tqdm(total=100, desc=total_desc, unit="%")
+    bar = progress_bar(total=100, desc=total_desc, unit="%")
 
     def on_epoch(fraction):
         bar.update(round(fraction * 100) - bar.n)
@@ -101,12 +104,61 @@ def run_train_features(args):
     out = output_path(args.out, "--out")
     if args.epochs < 1:
         raise InputError("--epochs", f"must be >= 1, got {args.epochs}")
-    images, labels = feature_training_set(load_brain_volumes(), 2)
+    if args.labels and not args.image:
+        raise InputError("--labels", "needs --image")
+    if args.mode == "seg" and args.image and not args.labels:
+        raise InputError("--labels", "segmentation features on --image need its label map")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.image:
+        images, labels = labelled_image_set(args.image, args.labels)
+        data = f"{args.image}" + (f" with labels {args.labels}" if args.labels else "")
+    else:
+        images, labels = feature_training_set(load_brain_volumes(), 2)
+        data = "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled"
     bar, on_epoch = _progress_bar(f"feature net {args.mode}")
     net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=args.epochs,
                                   seed=args.seed, on_epoch=on_epoch)
     bar.close()
-    save_feature_net(net, out, {"mode": args.mode, "data": "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled",
+    save_feature_net(net, out, {"mode": args.mode, "data": data,
                                 "epochs": args.epochs, "date": datetime.date.today().isoformat()})
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
+
+
+def labelled_image_set(image_path, labels_path=None):
+    """Feature-net training tensors from one image (and its label map): ``(N, 1, H, W)`` in [0, 1], ``(N, H, W)``.
+
+    A 3D image gives its axial slices that hold labels (or all, without labels). The label ids are
+    renumbered 1..K (the net has one output per id), and the slices are zero-padded to a multiple
+    of 4 (the feature net halves them twice).
+    """
+    import numpy as np
+    import torch
+
+    from ..image_io import read_image
+
+    image = read_image(image_path)
+    array = image.array.astype(np.float32)
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        raise InputError(image_path, "image is constant; nothing to learn")
+    array = (array - lo) / (hi - lo)
+    if labels_path:
+        lab = read_image(labels_path, dtype=None)
+        if lab.array.shape != image.array.shape:
+            raise InputError(labels_path, f"shape {lab.array.shape} differs from the image's {image.array.shape}")
+        ids, renumbered = np.unique(np.rint(lab.array).astype(np.int64), return_inverse=True)
+        labels = renumbered.reshape(lab.array.shape) + (0 if ids[0] == 0 else 1)
+    else:
+        labels = np.zeros(array.shape, np.int64)
+    if image.ndim == 2:
+        array, labels = array[None], labels[None]
+    elif labels_path:
+        keep = labels.reshape(len(labels), -1).max(axis=1) > 0
+        array, labels = array[keep], labels[keep]
+    pad = [(0, 0)] + [(0, (-n) % 4) for n in array.shape[1:]]
+    array, labels = np.pad(array, pad), np.pad(labels, pad)
+    return torch.from_numpy(np.ascontiguousarray(array))[:, None], torch.from_numpy(np.ascontiguousarray(labels))

@@ -10,6 +10,7 @@ its model never saw.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -82,12 +83,36 @@ def phantom_slices(count: int = 6, dim: int = 2, first_seed: int = 0) -> list:
     return out
 
 
+def image_pair_slices(ct_path, mr_path, dim: int = 2) -> tuple[list, str]:
+    """``(ct, mr)`` [0, 1] training arrays from two registered image files (e.g. volumes of a Slicer scene).
+
+    The MR is resampled onto the CT grid when the grids differ. 2D files give one pair; 3D files give
+    their axial slices that hold CT content (``dim`` 2) or the whole volume (``dim`` 3).
+    """
+    from ..image_io import normalise_intensity, read_image, resample_to
+
+    ct, mr = read_image(ct_path), read_image(mr_path)
+    if ct.ndim != mr.ndim:
+        raise InputError(mr_path, f"is {mr.ndim}D but the CT {ct_path} is {ct.ndim}D")
+    if not mr.same_grid(ct):
+        mr = resample_to(mr, ct)
+    ct_a, mr_a = normalise_intensity(ct.array), normalise_intensity(mr.array)
+    if ct.ndim == 2 or dim == 3:
+        slices = [(ct_a, mr_a)]
+    else:
+        slices = [(c, m) for c, m in zip(ct_a, mr_a) if float(np.ptp(c)) > 0]
+    return slices, f"{Path(ct_path).name} / {Path(mr_path).name}: {len(slices)} registered {ct.ndim}D CT/MR array(s)"
+
+
 def training_slices(region: str = "head", patients: str | None = None, phantom: bool = False, mr: str = "T1",
-                    max_outline_distance: float | None = 3.0, downsample: int = 2, dim: int = 2):
+                    max_outline_distance: float | None = 3.0, downsample: int = 2, dim: int = 2, images=None):
     """Training slices and a description of where they came from, for ``deepsim similarity train``.
 
-    3D training uses the phantom: the shared data holds no CT/MR head pair aligned in 3D.
+    ``images``: ``(ct_path, mr_path)`` of a registered pair to train on instead of the shared data.
+    3D training uses the phantom (or ``images``): the shared data holds no CT/MR head pair aligned in 3D.
     """
+    if images is not None:
+        return image_pair_slices(*images, dim=dim)
     if dim == 3:
         return phantom_slices(2, dim=3), "3D phantom volumes (96 x 192 x 192, 1.25 x 1.25 x 2.5 mm), seeds 0-1"
     if phantom:

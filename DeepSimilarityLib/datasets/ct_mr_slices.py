@@ -140,11 +140,11 @@ class CTMRSlices:
         says 332) takes ~15 minutes per MR modality on a first pass; later
         passes read the cache. ``progress`` shows a tqdm bar over slices.
         """
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         patients = self.patients() if patients is None else [patients] if isinstance(patients, str) else list(patients)
         jobs = [(p, k) for p in patients for k in self.slice_ids(p)]
-        for p, k in tqdm(jobs, desc=f"CT/{mr} slices", unit="slice", disable=not progress):
+        for p, k in progress_bar(jobs, desc=f"CT/{mr} slices", unit="slice", disable=not progress):
             yield self.load_pair(p, k, mr=mr)
 
     def _check_patient(self, patient: str) -> None:

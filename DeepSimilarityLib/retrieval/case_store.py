@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import InputError, TrainingCancelled
+from ..progress import progress_bar
 from .encoder import KINDS
 
 SCHEMA_VERSION = 1
@@ -143,7 +143,7 @@ class CaseStore:
         report, batch = report if report is not None else AddReport(), []
         if total is None and hasattr(cases, "__len__"):
             total = len(cases)
-        bar = tqdm(total=total, unit="case", desc="adding", disable=not progress)
+        bar = progress_bar(total=total, unit="case", desc="adding", disable=not progress)
 
         def commit(batch):
             present = self._existing([c.source for c in batch])

@@ -28,9 +28,20 @@ EXPECTED_WIDGETS = {
     "modelKindComboBox": "QComboBox",
     "weightsPathLineEdit": "ctkPathLineEdit",
     "loadWeightsButton": "QPushButton",
+    "shippedWeightsComboBox": "QComboBox",
+    "loadShippedButton": "QPushButton",
+    "currentNetworkLabel": "QLabel",
+    "trainCtVolumeSelector": "qMRMLNodeComboBox",
+    "trainMrVolumeSelector": "qMRMLNodeComboBox",
+    "trainImageVolumeSelector": "qMRMLNodeComboBox",
+    "trainLabelVolumeSelector": "qMRMLNodeComboBox",
+    "trainImagesPathLineEdit": "ctkPathLineEdit",
+    "trainCsvPathLineEdit": "ctkPathLineEdit",
+    "trainOutputPathLineEdit": "ctkPathLineEdit",
     "trainButton": "QPushButton",
     "epochsSpinBox": "QSpinBox",
-    "learningRateSpinBox": "QDoubleSpinBox",
+    "pairsSpinBox": "QSpinBox",
+    "bitsSpinBox": "QSpinBox",
     "manifestTextBrowser": "QTextBrowser",
     # Similarity heat map
     "ctVolumeSelector": "qMRMLNodeComboBox",
@@ -57,6 +68,7 @@ EXPECTED_WIDGETS = {
     "addVolumeButton": "QPushButton",
     "addFolderButton": "QPushButton",
     "folderPathLineEdit": "ctkPathLineEdit",
+    "folderLabelsPathLineEdit": "ctkPathLineEdit",
     "queryVolumeSelector": "qMRMLNodeComboBox",
     "topKSpinBox": "QSpinBox",
     "queryButton": "QPushButton",
@@ -79,6 +91,12 @@ EXPECTED_BINDINGS = {
     "movingVolumeSelector": "movingVolume",
     "registrationLossComboBox": "registrationLoss",
     "topKSpinBox": "topK",
+    "modelKindComboBox": "modelKind",
+    "epochsSpinBox": "epochs",
+    "pairsSpinBox": "pairs",
+    "bitsSpinBox": "bits",
+    "trainCtVolumeSelector": "trainCtVolume",
+    "trainLabelVolumeSelector": "trainLabelVolume",
 }
 
 PANELS = ["Networks", "Similarity heat map", "Registration", "Retrieval"]
@@ -343,12 +361,33 @@ def test_parameter_defaults_match_the_ui(ui_tree):
             assert float(value.text) == pytest.approx(defaults[parameter]), parameter
 
 
-def test_self_ui_names_exist_in_the_ui(script_tree, ui_tree):
-    used = {node.attr for node in ast.walk(script_tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-            and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+def test_self_ui_names_exist_in_the_ui(ui_tree):
+    """Every ``<x>.ui.NAME`` of every script of the module folder, and every widget name listed in strings
+    of DeepSimilarityPanels (its rows to show or hide), is a widget of the .ui."""
+    used = set()
+    for path in sorted(MODULE_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        used |= {node.attr for node in ast.walk(tree)
+                 if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
+    assert {"heatmapButton", "trainButton", "shippedWeightsComboBox"} <= used  # the scan sees the panel files
+    panels = ast.parse((MODULE_DIR / "DeepSimilarityPanels.py").read_text(encoding="utf-8"))
+    rows = next(n for n in panels.body if isinstance(n, ast.Assign) and n.targets[0].id == "TRAINING_ROWS")
+    for key in rows.value.keys:  # (label widget, input widget) pairs
+        used |= {element.value for element in key.elts}
     missing = sorted(used - set(widgets_by_name(ui_tree)))
-    assert not missing, f"self.ui names absent from the .ui: {missing}"
+    assert not missing, f"ui names absent from the .ui: {missing}"
+
+
+def test_module_scripts_are_listed_in_cmake():
+    """Every script of the module folder is built and installed (MODULE_PYTHON_SCRIPTS)."""
+    sets = cmake_sets(cmake_commands(MODULE_DIR / "CMakeLists.txt"))
+    listed = {s.replace("${MODULE_NAME}", "DeepSimilarity") for s in sets["MODULE_PYTHON_SCRIPTS"]}
+    present = {p.name for p in MODULE_DIR.glob("*.py")}
+    assert present <= listed, f"not in MODULE_PYTHON_SCRIPTS: {sorted(present - listed)}"
+
+
+def test_module_script_stays_short():
+    assert len(SCRIPT.read_text(encoding="utf-8").splitlines()) < 600
 
 
 def test_library_path_function_points_at_the_library(script_tree, monkeypatch):

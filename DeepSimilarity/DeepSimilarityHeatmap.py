@@ -1,0 +1,138 @@
+"""Similarity heat map logic: in-process for small 2D maps, a background job for slow ones.
+
+Mixed into DeepSimilarityLogic. Both ways end in :meth:`show_heatmap`, which
+puts the library's score volume into a node on the CT grid.
+"""
+
+import json
+import os
+import tempfile
+
+# Scored positions above which a map is computed in the background (a 2D 31 x 31 map of NMI takes
+# well under a second; an 81 x 81 map or any 3D map takes seconds to minutes).
+IN_PROCESS_POSITIONS = 31 * 31
+
+
+def _check_sizes(neighbourhood, patch_size):
+    for name, value in (("neighbourhood", neighbourhood), ("patch size", patch_size)):
+        if int(value) < 1 or int(value) % 2 == 0:
+            raise ValueError(f"{name}: must be a positive odd number of voxels, got {value}")
+
+
+class HeatmapLogicMixin:
+    """Methods of DeepSimilarityLogic for the Similarity heat map panel."""
+
+    HEATMAP_COLORS = "DeepSimilarityHeatMapColors"
+
+    @staticmethod
+    def heatmap_in_background(ctNode, neighbourhood, depth=None) -> bool:
+        """Whether a map is slow enough for a background job: any 3D map, or a large 2D one."""
+        import DeepSimilarityNodes as nodes
+
+        if nodes.volume_from_node(ctNode, "CT volume").ndim == 3:
+            return True
+        return int(neighbourhood) ** 2 > IN_PROCESS_POSITIONS
+
+    def _metric(self, metric):
+        from DeepSimilarityLib.patch_metrics import get_metric
+
+        return get_metric(metric, weights=self.networks.get("similarity")) if metric == "learned" else get_metric(metric)
+
+    def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
+                        outputNode=None, depth=None):
+        """Score the CT patch at ``pointRAS`` against the MR patches around it, in this process.
+
+        Returns ``(heatmapVolumeNode, best_point_RAS)``: a scalar volume on the
+        scored MR positions (CT grid, which the MR is resampled onto when the
+        grids differ), shown with a colour table and a window spanning the
+        scores, ready to be the foreground over the MR; and the RAS position of
+        the best score. 2D maps for one-slice volumes, ``depth`` slices in 3D.
+        The learned metric uses the current similarity network (Networks panel).
+        """
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.heatmap import similarity_heatmap
+
+        ct = nodes.volume_from_node(ctNode, "CT volume")
+        mr = nodes.volume_from_node(mrNode, "MR volume")
+        if pointRAS is None or len(pointRAS) != 3:
+            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
+        _check_sizes(neighbourhood, patch_size)
+        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
+        result = similarity_heatmap(ct, mr, index=index, metric=self._metric(metric), patch_size=int(patch_size),
+                                    neighbourhood=int(neighbourhood), depth=depth)
+        node = self.show_heatmap(result.scores, ctNode, metric, outputNode)
+        return node, nodes.ras_from_index(ctNode, result.best_index[::-1])
+
+    def heatmap_job(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
+                    outputNode=None, depth=None, launcher=None):
+        """:meth:`compute_heatmap` as a background :class:`Job` (``deepsim similarity heatmap``).
+
+        ``job.result``: ``(heatmapVolumeNode, best_point_RAS)``, set when it succeeds.
+        """
+        import DeepSimilarityJobs as jobs
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.image_io import read_image, write_image
+
+        ct = nodes.volume_from_node(ctNode, "CT volume")
+        mr = nodes.volume_from_node(mrNode, "MR volume")
+        if pointRAS is None or len(pointRAS) != 3:
+            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
+        _check_sizes(neighbourhood, patch_size)
+        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
+        if any(round(i) < 0 or round(i) >= n for i, n in zip(index, ct.array.shape[::-1])):
+            raise ValueError("point: lies outside the CT volume")
+        folder = tempfile.mkdtemp(prefix="DeepSimilarity-")
+        path = {name: os.path.join(folder, name) for name in ("ct.nii.gz", "mr.nii.gz", "heat.nii.gz", "best.json")}
+        write_image(ct, path["ct.nii.gz"])
+        write_image(mr, path["mr.nii.gz"])
+        args = ["similarity", "heatmap", "--ct", path["ct.nii.gz"], "--mr", path["mr.nii.gz"],
+                "--index", ",".join(f"{i:.6f}" for i in index), "--metric", metric,
+                "--patch-size", int(patch_size), "--neighbourhood", int(neighbourhood),
+                "--out", path["heat.nii.gz"], "--out-json", path["best.json"]]
+        if depth:
+            args += ["--depth", int(depth)]
+        if metric == "learned" and self.networks.get("similarity"):
+            args += ["--weights", self.networks["similarity"]]
+
+        def on_success(job):
+            scores = read_image(path["heat.nii.gz"])
+            with open(path["best.json"], encoding="utf-8") as f:
+                best = json.load(f)
+            node = self.show_heatmap(scores, ctNode, metric, outputNode)
+            return node, nodes.ras_from_index(ctNode, best["best_index_xyz"])
+
+        return self.background_job(jobs.deepsim_command(*args), "the heat map", on_success, folder, launcher)
+
+    def show_heatmap(self, scores, ctNode, metric, outputNode=None):
+        """Put a score Volume into ``outputNode`` (made if None) on ``ctNode``'s slice, shown as a heat map."""
+        import DeepSimilarityNodes as nodes
+
+        if outputNode is None:
+            outputNode = self._newNode("vtkMRMLScalarVolumeNode", f"{metric} heat map")
+        nodes.update_node_from_volume(scores, outputNode, reference=ctNode)
+        self._showAsHeatMap(outputNode, scores.array)
+        return outputNode
+
+    def _heatMapColorNode(self):
+        """A colour table of the scene for heat maps; made once per scene (bare scenes have none)."""
+        import slicer
+
+        for nodeId in ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow"):
+            node = slicer.mrmlScene.GetNodeByID(nodeId)
+            if node is not None:
+                return node
+        node = slicer.mrmlScene.GetFirstNodeByName(self.HEATMAP_COLORS)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", self.HEATMAP_COLORS)
+            node.SetTypeToRainbow()
+        return node
+
+    def _showAsHeatMap(self, volumeNode, scores):
+        if volumeNode.GetDisplayNode() is None:
+            volumeNode.CreateDefaultDisplayNodes()
+        display = volumeNode.GetDisplayNode()
+        display.SetAndObserveColorNodeID(self._heatMapColorNode().GetID())
+        lo, hi = float(scores.min()), float(scores.max())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1e-6)
+        display.SetInterpolate(False)  # one score per voxel: show the cells as computed

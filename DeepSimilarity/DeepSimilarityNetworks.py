@@ -1,0 +1,222 @@
+"""Networks panel logic: shipped weights, their manifest, loading a file, training in the background.
+
+Mixed into DeepSimilarityLogic. The module keeps one *current* network per
+kind (``self.networks``); the other panels use it (learned heat map metric,
+registration network, retrieval encoder). No GUI code; bad input raises
+ValueError naming the parameter before anything changes.
+"""
+
+import datetime
+import json
+import os
+import tempfile
+
+# The model kinds of the Networks panel -> the "kind" of their weights/manifest.json entries.
+MANIFEST_KINDS = {
+    "similarity": "ctmr-similarity",
+    "deepsim": "deepsim-features",
+    "registration": "deepsim-registration",
+    "siamese": "retrieval-siamese",
+    "hashing": "retrieval-hashing",
+}
+KIND_TITLES = {
+    "similarity": "CT/MR patch similarity",
+    "deepsim": "DeepSim feature net",
+    "registration": "registration net",
+    "siamese": "Siamese retrieval",
+    "hashing": "hashing retrieval",
+}
+
+
+def _check_kind(kind):
+    if kind not in MANIFEST_KINDS:
+        raise ValueError(f"model kind: {kind!r} is not one of {', '.join(MANIFEST_KINDS)}")
+
+
+def _load_as(kind, path):
+    """Load ``path`` with the loader of ``kind``; what is loaded tells whether the file is that kind."""
+    if kind == "similarity":
+        from DeepSimilarityLib.ctmr import load_net
+
+        load_net(path)
+    elif kind == "deepsim":
+        from DeepSimilarityLib.registration.feature_net import load_feature_net
+
+        load_feature_net(path)
+    elif kind == "registration":
+        from DeepSimilarityLib.registration.network import load_registration_net
+
+        load_registration_net(path)
+    else:
+        from DeepSimilarityLib.retrieval.models_io import load_model
+
+        net = load_model(path)[0]
+        if net.config.get("kind") != kind:
+            raise ValueError(f"it holds a {net.config.get('kind')} model")
+
+
+class NetworksLogicMixin:
+    """Methods of DeepSimilarityLogic for the Networks panel."""
+
+    @property
+    def networks(self) -> dict:
+        """Current weights file per model kind (absent: the shipped default, where there is one)."""
+        if not hasattr(self, "_networks"):
+            self._networks = {}
+        return self._networks
+
+    @staticmethod
+    def manifest_entries(kind=None) -> list:
+        """Entries of the shipped ``weights/manifest.json``, those of one panel kind if given."""
+        from DeepSimilarityLib.paths import weights_dir
+
+        if kind is not None:
+            _check_kind(kind)
+        try:
+            manifest = json.loads((weights_dir() / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [e for e in manifest.get("models", []) if kind is None or e.get("kind") == MANIFEST_KINDS[kind]]
+
+    def shipped_networks(self, kind) -> list:
+        """File names of the shipped weights of ``kind``."""
+        return [e["file"] for e in self.manifest_entries(kind)]
+
+    def manifest_text(self, file_name) -> str:
+        """Human-readable manifest entry of a shipped weights file: data, date, hyper-parameters, evaluation."""
+        entry = next((e for e in self.manifest_entries() if e.get("file") == file_name), None)
+        if entry is None:
+            raise ValueError(f"weights: {file_name!r} has no entry in weights/manifest.json")
+        lines = [f"{entry['file']}  ({entry.get('kind', '?')}, {entry.get('date', 'no date')})",
+                 f"Training data: {entry.get('training_data', '-')}"]
+        for title, key in (("Hyper-parameters", "hyper_parameters"), ("Held-out scores", "held_out_scores"),
+                           ("Evaluation", "evaluation"), ("Architecture", "architecture")):
+            if entry.get(key):
+                lines.append(f"{title}: " + json.dumps(entry[key], indent=1, default=str))
+        if entry.get("command"):
+            lines.append(f"Trained with: {entry['command']}")
+        lines.append(f"sha256: {entry.get('sha256', '-')}")
+        return "\n".join(lines)
+
+    def load_shipped_network(self, kind, file_name):
+        """Make a shipped weights file the current ``kind`` network, after its sha256 check; returns its path."""
+        from DeepSimilarityLib.errors import InputError
+        from DeepSimilarityLib.paths import shipped_weights
+
+        _check_kind(kind)
+        if file_name not in self.shipped_networks(kind):
+            raise ValueError(f"weights: {file_name!r} is not a shipped {KIND_TITLES[kind]} network")
+        try:
+            path = shipped_weights(file_name)
+        except InputError as exc:
+            raise ValueError(f"weights: {exc}") from None
+        self.networks[kind] = str(path)
+        return str(path)
+
+    def load_network_file(self, kind, path):
+        """Make a weights file the current ``kind`` network after loading it as one; returns the path."""
+        _check_kind(kind)
+        if not path or not os.path.isfile(str(path)):
+            raise ValueError(f"weights: file '{path}' not found")
+        try:
+            _load_as(kind, str(path))
+        except Exception as exc:  # any loader error means: not a usable network of this kind
+            raise ValueError(f"weights: {path} is not a {KIND_TITLES[kind]} network ({exc})") from None
+        self.networks[kind] = os.path.abspath(str(path))
+        return self.networks[kind]
+
+    def network_for(self, kind, default_file=None):
+        """Current ``kind`` network, else the shipped ``default_file`` (sha256-checked), else None."""
+        if self.networks.get(kind):
+            return self.networks[kind]
+        if default_file:
+            return self.load_shipped_network(kind, default_file)
+        return None
+
+    # -- training ------------------------------------------------------------
+
+    def training_job(self, kind, out_path=None, epochs=10, pairs=2000, bits=64, ctNode=None, mrNode=None,
+                     imageNode=None, labelNode=None, images_folder=None, labels_csv=None, loss="deepsim",
+                     threads=0, launcher=None):
+        """A background :class:`Job` training a ``kind`` network; on success it becomes the current one.
+
+        Inputs per kind: ``similarity`` a registered CT/MR pair of scene volumes (``pairs``);
+        ``deepsim`` an image and its label map (``epochs``); ``registration`` the shared brain MR
+        data with ``loss`` (``epochs``); ``siamese`` and ``hashing`` an image folder with a labels CSV
+        (``epochs``, ``bits``). ``out_path``: the weights file (default: ~/DeepSimilarity/networks/).
+        """
+        import DeepSimilarityJobs as jobs
+        import DeepSimilarityNodes as nodes
+        from DeepSimilarityLib.image_io import write_image
+
+        _check_kind(kind)
+        if int(epochs) < 1:
+            raise ValueError(f"epochs: must be at least 1, got {epochs}")
+        out_path = str(out_path or self.default_network_path(kind))
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
+            raise ValueError(f"output file: folder {os.path.dirname(os.path.abspath(out_path))} does not exist")
+        volumes, args = {}, []
+        if kind == "similarity":
+            if int(pairs) < 10:
+                raise ValueError(f"pairs: needs at least 10, got {pairs}")
+            volumes = {"ct": nodes.volume_from_node(ctNode, "training CT volume"),
+                       "mr": nodes.volume_from_node(mrNode, "training MR volume")}
+            args = ["similarity", "train", "--ct-image", "{ct}", "--mr-image", "{mr}", "--pairs", int(pairs)]
+        elif kind == "deepsim":
+            volumes = {"image": nodes.volume_from_node(imageNode, "training image"),
+                       "labels": nodes.volume_from_node(labelNode, "training label map")}
+            if volumes["image"].array.shape != volumes["labels"].array.shape:
+                raise ValueError("training label map: must have the training image's grid")
+            args = ["train", "features", "--mode", "seg", "--image", "{image}", "--labels", "{labels}",
+                    "--epochs", int(epochs)]
+        elif kind == "registration":
+            from DeepSimilarityLib.paths import has_shared_data
+
+            if not has_shared_data("brain-mr"):
+                raise ValueError("registration training: needs the shared brain MR data (set DEEPSIM_DATA)")
+            loss_name = "deepsim-seg" if loss == "deepsim" else loss
+            args = ["train", "registration", "--loss", loss_name, "--epochs", int(epochs)]
+            if loss_name == "deepsim-seg":
+                args += ["--features", self.network_for("deepsim", "deepsim_features_seg_2d.pt")]
+        else:
+            if not images_folder or not os.path.isdir(str(images_folder)):
+                raise ValueError(f"image folder: '{images_folder}' is not a folder")
+            if not labels_csv or not os.path.isfile(str(labels_csv)):
+                raise ValueError(f"labels CSV: '{labels_csv}' not found (one row per image: image, labels)")
+            args = ["train", kind, "--images", images_folder, "--csv", labels_csv, "--epochs", int(epochs)]
+            if kind == "hashing":
+                if int(bits) < 8 or int(bits) % 8:
+                    raise ValueError(f"bits: must be a positive multiple of 8, got {bits}")
+                args += ["--bits", int(bits)]
+        if threads:
+            args += ["--threads", int(threads)]
+        folder = tempfile.mkdtemp(prefix="DeepSimilarity-")
+        files = {}
+        for name, volume in volumes.items():
+            files[name] = os.path.join(folder, f"{name}.nii.gz")
+            write_image(volume, files[name])
+        args = [str(a).format(**files) for a in args] + ["--out", out_path]
+
+        def on_success(job):
+            self.networks[kind] = out_path
+            return out_path
+
+        return self.background_job(jobs.deepsim_command(*args), f"training the {KIND_TITLES[kind]}", on_success,
+                                   folder, launcher)
+
+    @staticmethod
+    def default_network_path(kind) -> str:
+        folder = os.path.join(os.path.expanduser("~"), "DeepSimilarity", "networks")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}.pt")
+
+    @staticmethod
+    def background_job(args, description, on_success, folder=None, launcher=None):
+        """A :class:`Job` whose temporary ``folder`` is removed when it ends, however it ends."""
+        import shutil
+
+        import DeepSimilarityJobs as jobs
+
+        cleanup = (lambda: shutil.rmtree(folder, ignore_errors=True)) if folder else None
+        return jobs.Job(args, description, on_success=on_success, cleanup=cleanup, launcher=launcher,
+                        env=jobs.child_environment())

@@ -1,0 +1,553 @@
+"""Logic of the four panels beyond test_slicer_logic.py, on a real MRML scene (slicer-core):
+Networks (shipped weights, manifest, loading, training jobs), background heat map and
+registration jobs with Dice, loading a retrieved case, and the dependency pins.
+
+Jobs run through an in-process launcher (the ``deepsim`` command line called as a
+function, its output played back to the Job) so that the file bridge and the
+reading of results are tested without paying a process start per test; the real
+subprocess path is tested in test_slicer_jobs.py.
+"""
+
+import contextlib
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_slicer_logic import NET, ROOT, _write_pngs, add_volume, logic, module, scene, slicer  # noqa: F401
+
+from DeepSimilarityLib.image_io import Volume  # noqa: E402
+from DeepSimilarityLib.phantom import make_head_phantom  # noqa: E402
+
+
+class InProcessLauncher:
+    """Runs ``python -m DeepSimilarityLib ARGS`` as ``cli.main(ARGS)`` here; the Job reads its lines after."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, args, env):
+        from DeepSimilarityLib.cli import main
+
+        assert args[1:4] == ["-m", "DeepSimilarityLib", "--progress-json"]
+        self.calls.append(args[3:])
+        out, err = io.StringIO(), io.StringIO()
+        from DeepSimilarityLib.progress import set_json_progress
+
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(args[3:])
+        finally:
+            set_json_progress(False)  # main() switched this process's bars to JSON
+        lines = [("stdout", line) for line in out.getvalue().splitlines()]
+        lines += [("stderr", line) for line in err.getvalue().splitlines()]
+        return _Finished(lines, code)
+
+
+class _Finished:
+    def __init__(self, lines, code):
+        self.lines, self.code = lines, code
+
+    def read_lines(self):
+        lines, self.lines = self.lines, []
+        return lines
+
+    def returncode(self):
+        return self.code
+
+    def kill(self):
+        pass
+
+
+def finish(job):
+    job.start()
+    while job.poll():
+        time.sleep(0.01)
+    return job
+
+
+# -------------------------------------------------------------------- Networks
+
+
+def test_shipped_networks_are_listed_per_kind_with_their_manifest(logic):
+    assert logic.shipped_networks("similarity") == ["ctmr_similarity.pt"]
+    assert logic.shipped_networks("registration") == ["registration_deepsim_seg_2d.pt"]
+    assert logic.shipped_networks("hashing") == ["osdh_nih_64bit.pt"]
+    assert logic.shipped_networks("siamese") == ["siamese_fundus.pt"]
+    assert logic.shipped_networks("deepsim") == ["deepsim_features_seg_2d.pt"]
+    text = logic.manifest_text("osdh_nih_64bit.pt")
+    for expected in ("Training data: nih", "2026-11-23", "Hyper-parameters", '"n_bits": 64', "Evaluation",
+                     "0.1744", "sha256: 61459775"):
+        assert expected in text, expected
+    with pytest.raises(ValueError, match="model kind"):
+        logic.shipped_networks("segmentation")
+    with pytest.raises(ValueError, match="no entry"):
+        logic.manifest_text("unknown.pt")
+
+
+def test_load_shipped_checks_kind_and_sha256(logic, tmp_path, monkeypatch):
+    path = logic.load_shipped_network("registration", "registration_deepsim_seg_2d.pt")
+    assert Path(path) == ROOT / "weights" / "registration_deepsim_seg_2d.pt"
+    assert logic.networks["registration"] == path
+    assert logic.network_for("registration") == path
+    with pytest.raises(ValueError, match="not a shipped CT/MR patch similarity"):
+        logic.load_shipped_network("similarity", "registration_deepsim_seg_2d.pt")
+    # A damaged copy: same manifest, one byte changed.
+    copy = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", copy)
+    data = bytearray((copy / "siamese_fundus.pt").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "siamese_fundus.pt").write_bytes(bytes(data))
+    monkeypatch.setenv("DEEPSIM_WEIGHTS", str(copy))
+    with pytest.raises(ValueError, match="sha256"):
+        logic.load_shipped_network("siamese", "siamese_fundus.pt")
+    assert "siamese" not in logic.networks
+
+
+def test_load_network_file_rejects_another_kind(logic, tmp_path):
+    registration = ROOT / "weights" / "registration_deepsim_seg_2d.pt"
+    with pytest.raises(ValueError, match="not a CT/MR patch similarity network"):
+        logic.load_network_file("similarity", registration)
+    with pytest.raises(ValueError, match="not a hashing retrieval network"):
+        logic.load_network_file("hashing", ROOT / "weights" / "siamese_fundus.pt")
+    with pytest.raises(ValueError, match="not found"):
+        logic.load_network_file("deepsim", tmp_path / "missing.pt")
+    assert logic.networks == {}
+    assert logic.load_network_file("registration", registration) == str(registration)
+    assert logic.load_network_file("siamese", ROOT / "weights" / "siamese_fundus.pt").endswith("siamese_fundus.pt")
+
+
+def test_training_jobs_build_the_deepsim_command_and_set_the_current_network(logic, tmp_path):
+    p = make_head_phantom((64, 64), seed=2)
+    ctNode, mrNode = add_volume(p.ct, "ct"), add_volume(p.mr, "mr")
+    labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    import DeepSimilarityNodes as nodes
+
+    nodes.update_node_from_volume(p.labels.with_array(p.labels.array.astype(np.int16)), labelNode)
+    seen = []
+
+    def launcher(args, env):
+        command = args[4:]  # after python -m DeepSimilarityLib --progress-json
+        seen.append(command)
+        # Inputs were written for the process: every file argument exists while it runs.
+        for flag in ("--ct-image", "--mr-image", "--image", "--labels"):
+            if flag in command:
+                assert Path(command[command.index(flag) + 1]).is_file(), flag
+        shutil.copy(ROOT / "weights" / "ctmr_similarity.pt", command[command.index("--out") + 1])
+        return _Finished([("stdout", '{"progress": 1.0, "desc": "training"}')], 0)
+
+    out = tmp_path / "sim.pt"
+    job = finish(logic.training_job("similarity", out, pairs=50, ctNode=ctNode, mrNode=mrNode, threads=1,
+                                    launcher=launcher))
+    assert job.state == "succeeded" and logic.networks["similarity"] == str(out)
+    assert seen[0][:2] == ["similarity", "train"] and seen[0][seen[0].index("--pairs") + 1] == "50"
+    assert "--threads" in seen[0]
+    folder = Path(seen[0][seen[0].index("--ct-image") + 1]).parent
+    assert not folder.exists()  # the temporary inputs are removed once the job ends
+    job = finish(logic.training_job("deepsim", tmp_path / "f.pt", epochs=3, imageNode=mrNode, labelNode=labelNode,
+                                    launcher=launcher))
+    assert seen[1][:3] == ["train", "features", "--mode"] and seen[1][seen[1].index("--epochs") + 1] == "3"
+    images = tmp_path / "images"
+    _write_pngs(images, 3)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("image,labels\ncase0.png,a\ncase1.png,b\ncase2.png,a\n")
+    finish(logic.training_job("hashing", tmp_path / "h.pt", epochs=2, bits=16, images_folder=images, labels_csv=csv,
+                              launcher=launcher))
+    assert seen[2][:2] == ["train", "hashing"] and seen[2][seen[2].index("--bits") + 1] == "16"
+    # Bad input: ValueError naming the parameter, nothing launched.
+    with pytest.raises(ValueError, match="training MR volume"):
+        logic.training_job("similarity", out, ctNode=ctNode, mrNode=None, launcher=launcher)
+    with pytest.raises(ValueError, match="bits"):
+        logic.training_job("hashing", out, bits=12, images_folder=images, labels_csv=csv, launcher=launcher)
+    with pytest.raises(ValueError, match="labels CSV"):
+        logic.training_job("siamese", out, images_folder=images, labels_csv=None, launcher=launcher)
+    with pytest.raises(ValueError, match="output file"):
+        logic.training_job("similarity", tmp_path / "no" / "x.pt", ctNode=ctNode, mrNode=mrNode, launcher=launcher)
+    assert len(seen) == 3
+
+
+def test_a_failed_training_keeps_the_current_network(logic, tmp_path):
+    p = make_head_phantom((64, 64), seed=2)
+    ctNode, mrNode = add_volume(p.ct, "ct"), add_volume(p.mr, "mr")
+    job = finish(logic.training_job("similarity", tmp_path / "s.pt", ctNode=ctNode, mrNode=mrNode,
+                                    launcher=InProcessLauncher()))
+    # The 64 x 64 phantom has too few skull edges for the library's pair sampler: its own message comes back.
+    assert job.state == "failed" and job.error.startswith("deepsim: error: slices: no skull edge")
+    assert "similarity" not in logic.networks
+
+
+# ---------------------------------------------------------------- heat map job
+
+
+def test_heatmap_job_equals_the_in_process_map(logic):
+    import DeepSimilarityNodes as nodes
+
+    p = make_head_phantom((64, 64), seed=4)
+    ctNode, mrNode = add_volume(p.ct, "ct"), add_volume(p.mr, "mr")
+    point = nodes.ras_from_index(ctNode, (30, 28))
+    assert not logic.heatmap_in_background(ctNode, 21)
+    assert logic.heatmap_in_background(ctNode, 81)
+    assert logic.heatmap_in_background(add_volume(Volume(np.zeros((3, 8, 8), np.float32) + 1), "3d"), 5)
+    expected, expected_best = logic.compute_heatmap(ctNode, mrNode, point, "lcc", neighbourhood=11, patch_size=7)
+    nodes_before = slicer.mrmlScene.GetNumberOfNodes()
+    launcher = InProcessLauncher()
+    job = logic.heatmap_job(ctNode, mrNode, point, "lcc", neighbourhood=11, patch_size=7, launcher=launcher)
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before  # nothing until it succeeds
+    finish(job)
+    assert job.state == "succeeded", job.error
+    heat, best = job.result
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(heat), slicer.util.arrayFromVolume(expected), atol=1e-5)
+    assert nodes.volume_from_node(heat).same_grid(nodes.volume_from_node(expected))
+    assert best == pytest.approx(expected_best)
+    with pytest.raises(ValueError, match="point"):
+        logic.heatmap_job(ctNode, mrNode, (1e4, 0.0, 0.0), launcher=launcher)
+
+
+# ------------------------------------------------------ registration and Dice
+
+
+@pytest.fixture
+def label_pair():
+    """The phantom and a copy shifted by (3, -2) mm, MR and labels alike (the phantom's own
+    ``misalign`` moves the MR only, its labels follow the CT)."""
+    import SimpleITK as sitk
+
+    from DeepSimilarityLib.image_io import resample_to
+
+    p = make_head_phantom((64, 64), seed=5)
+    shift = sitk.TranslationTransform(2, (3.0, -2.0))
+    moved = type(p)(**{**p.__dict__, "mr": resample_to(p.mr, p.mr, shift),
+                       "labels": resample_to(p.labels, p.labels, shift, "nearest")})
+    return p, moved
+
+
+def add_labels(volume, name):
+    import DeepSimilarityNodes as nodes
+
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    return nodes.update_node_from_volume(volume.with_array(volume.array.astype(np.int16)), node)
+
+
+@pytest.mark.skipif(not NET.is_file(), reason=f"shipped network {NET} missing")
+def test_registration_job_fills_the_scene_and_measures_dice(logic, label_pair):
+    import DeepSimilarityNodes as nodes
+    from DeepSimilarityLib.image_io import resample_to
+    from DeepSimilarityLib.registration.apply import register_deformable, to_sitk_transform
+    from DeepSimilarityLib.registration.evaluate import dice_scores
+
+    p, shifted = label_pair
+    fixedNode, movingNode = add_volume(p.mr, "fixed"), add_volume(shifted.mr, "moving")
+    fixedLabels, movingLabels = add_labels(p.labels, "fixed labels"), add_labels(shifted.labels, "moving labels")
+    warpedNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    job = logic.registration_job(fixedNode, movingNode, NET, None, warpedNode, affine="none",
+                                 fixedLabelNode=fixedLabels, movingLabelNode=movingLabels, launcher=InProcessLauncher())
+    assert slicer.mrmlScene.GetNumberOfNodes() == before and movingNode.GetTransformNodeID() is None
+    finish(job)
+    assert job.state == "succeeded", job.error
+    transform = job.result
+    assert transform.IsA("vtkMRMLGridTransformNode") and movingNode.GetTransformNodeID() == transform.GetID()
+    expected = register_deformable(p.mr, shifted.mr, NET, affine=None)
+    np.testing.assert_allclose(nodes.volume_from_node(warpedNode).array, expected.warped.array, atol=1e-3)
+    grid = transform.GetTransformFromParent()
+    for i, j in [(10, 10), (32, 32), (50, 20)]:  # the field went through a file and back unchanged
+        u = expected.displacement.array[j, i]
+        p_ras = nodes.ras_from_index(fixedNode, (i, j))
+        assert np.array(grid.TransformPoint(*p_ras)) == pytest.approx(p_ras + [-u[0], -u[1], 0.0], abs=1e-3)
+    # Dice: the library's dice_scores of the moving labels warped (nearest) by the same field.
+    warped_labels = resample_to(shifted.labels, p.labels, to_sitk_transform(expected.displacement), "nearest")
+    per_label = dice_scores(warped_labels.array.astype(int), p.labels.array.astype(int))
+    mean, got = logic.lastDice
+    assert got.keys() == per_label.keys() and len(got) >= 2
+    assert [got[k] for k in sorted(got)] == pytest.approx([per_label[k] for k in sorted(per_label)], abs=0.02)
+    assert mean == pytest.approx(np.mean(list(per_label.values())), abs=0.02)
+    unregistered = np.mean(list(dice_scores(shifted.labels.array.astype(int), p.labels.array.astype(int)).values()))
+    assert mean > unregistered  # registration improved the overlap
+    assert logic.lastRegistrationInfo["folding"] >= 0.0
+
+
+def test_registration_rejects_half_given_labels_before_changing_the_scene(logic, label_pair):
+    p, shifted = label_pair
+    fixedNode, movingNode = add_volume(p.mr, "fixed"), add_volume(shifted.mr, "moving")
+    fixedLabels = add_labels(p.labels, "fixed labels")
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="labels"):
+        logic.register(fixedNode, movingNode, NET, transform, fixedLabelNode=fixedLabels)
+    with pytest.raises(ValueError, match="labels"):
+        logic.registration_job(fixedNode, movingNode, NET, fixedLabelNode=fixedLabels, launcher=InProcessLauncher())
+    empty = add_labels(p.labels.with_array(np.zeros_like(p.labels.array)), "empty labels")
+    with pytest.raises(ValueError, match="moving labels: the label map is empty"):
+        logic.registration_job(fixedNode, movingNode, NET, fixedLabelNode=fixedLabels, movingLabelNode=empty)
+    assert slicer.mrmlScene.GetNumberOfNodes() == before + 1  # only the label node made here
+    assert movingNode.GetTransformNodeID() is None
+
+
+def test_dice_is_one_for_identical_labels(logic, label_pair):
+    p, _ = label_pair
+    zero = Volume(np.zeros(p.labels.array.shape + (2,)), p.labels.spacing, p.labels.origin,
+                  p.labels.direction.copy(), is_vector=True)
+    mean, per_label = logic.dice(zero, p.labels, p.labels)
+    assert mean == pytest.approx(1.0) and set(per_label.values()) == {1.0}
+
+
+# ------------------------------------------------------------------ retrieval
+
+
+def test_double_clicked_case_loads_into_the_scene(logic, tmp_path):
+    images = _write_pngs(tmp_path / "images")
+    db = tmp_path / "cases.db"
+    logic.create_database(db)
+    job = finish(logic.add_folder_job(db, tmp_path / "images", launcher=InProcessLauncher()))
+    assert job.state == "succeeded" and "6 cases added" in job.result
+    queryNode = add_volume(Volume(images[2].astype(np.float32)), "query")
+    table = logic.query_database(db, queryNode, 3, slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode"))
+    node = logic.load_case(table, 0)
+    assert node.GetName().startswith("case2")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node)[0], images[2])
+    Path(table.GetCellText(1, 1)).unlink()
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="gone"):
+        logic.load_case(table, 1)
+    with pytest.raises(ValueError, match="row"):
+        logic.load_case(table, 7)
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    # A case added from the scene has its node name as source: that node is the case.
+    logic.add_to_database(db, [queryNode])
+    logic.query_database(db, queryNode, 1, table)
+    assert table.GetCellText(0, 1) in ("query", str(tmp_path / "images" / "case2.png"))
+    with pytest.raises(ValueError, match="database"):
+        logic.add_folder_job(tmp_path / "missing.db", tmp_path / "images")
+
+
+# --------------------------------------------------------------- dependencies
+
+
+def test_pinned_requirements_equal_pyproject():
+    import DeepSimilarityDependencies as deps
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert deps.REQUIREMENTS == project["dependencies"]
+
+
+def test_missing_dependencies_are_installed_only_after_confirmation():
+    import DeepSimilarityDependencies as deps
+
+    installed = set()
+
+    def find_spec(name):
+        return None if name in ("torch", "monai") and name not in installed else object()
+
+    asked, pip = [], []
+    with pytest.raises(ValueError, match="not installed"):
+        deps.ensure_dependencies(confirm=lambda text: asked.append(text) or False, install=pip.append,
+                                 find_spec=find_spec)
+    assert "torch==2.13.0 monai==1.6.1" in asked[0] and pip == []
+
+    def install(text):
+        pip.append(text)
+        installed.update({"torch", "monai"})
+
+    deps.ensure_dependencies(confirm=lambda text: True, install=install, find_spec=find_spec)
+    assert pip == ["torch==2.13.0 monai==1.6.1"]
+    deps.ensure_dependencies(confirm=lambda text: pytest.fail("asked again"), install=install, find_spec=find_spec)
+    assert deps.missing_requirements() == []  # this environment has them all
+
+
+# ------------------------------------------------- the widget's job handling
+
+
+class _Widget:
+    """Attributes standing in for Qt widgets (PythonQt exposes Qt properties as attributes)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def setRange(self, lo, hi):
+        self.range = (lo, hi)
+
+
+class _Timer:
+    def __init__(self):
+        self.active, self.interval = False, None
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+@pytest.fixture
+def widget(module, scene, monkeypatch):
+    import types
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = _Timer
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    errors = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text), raising=False)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    w = module.DeepSimilarityWidget.__new__(module.DeepSimilarityWidget)
+    w._job, w.errors = None, errors
+    w.ui = types.SimpleNamespace(cancelButton=_Widget(enabled=False), progressBar=_Widget(value=0, range=(0, 100)),
+                                 statusLabel=_Widget(text=""), heatmapButton=_Widget(text="Compute heat map"),
+                                 registerButton=_Widget(text="Register"))
+    return w
+
+
+def _python_job(script, on_success=None):
+    import DeepSimilarityJobs as jobs
+
+    return jobs.Job([sys.executable, "-c", script], "test job", on_success=on_success)
+
+
+def _drive(w, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while w._job is not None:
+        assert w._jobTimer.active and time.monotonic() < deadline
+        w.onJobTimer()
+        time.sleep(0.02)
+
+
+def test_widget_apply_button_turns_into_cancel_and_back(widget):
+    w, shown = widget, []
+    script = "import json,time\nfor i in range(3):\n print(json.dumps({'progress': i / 2}), flush=True)\n time.sleep(0.05)"
+    w.runJob(_python_job(script, on_success=lambda job: "result"), w.ui.heatmapButton, shown.append)
+    assert w.ui.heatmapButton.text == "Cancel" and w.ui.cancelButton.enabled
+    assert w.ui.progressBar.range == (0, 0) and w._jobTimer.interval <= 200
+    with pytest.raises(ValueError, match="busy"):  # one job at a time
+        w.cancelJobFrom(w.ui.registerButton)
+    _drive(w)
+    assert shown == ["result"] and w.ui.heatmapButton.text == "Compute heat map"
+    assert not w.ui.cancelButton.enabled and w.ui.progressBar.value == 100 and not w._jobTimer.active
+    assert w.cancelJobFrom(w.ui.heatmapButton) is False  # nothing running: the button applies again
+
+
+def test_widget_cancel_and_failure_leave_one_message(widget):
+    w, shown = widget, []
+    w.runJob(_python_job("import time; time.sleep(30)"), w.ui.registerButton, shown.append)
+    assert w.cancelJobFrom(w.ui.registerButton) is True
+    assert w._job is None and w.ui.registerButton.text == "Register" and shown == []
+    assert "Cancelled" in w.ui.statusLabel.text and w.errors == []
+    w.runJob(_python_job("import sys; sys.exit('deepsim: error: --fixed: file not found')"), w.ui.registerButton,
+             shown.append)
+    _drive(w)
+    assert shown == [] and w.errors == ["Test job failed: deepsim: error: --fixed: file not found"]
+    assert w.ui.registerButton.text == "Register" and w.ui.progressBar.value == 0
+
+
+def test_the_module_self_test_runs_headless(module, scene):
+    """DeepSimilarityTest's heat map tests (one runs a real background deepsim process), as Slicer runs them;
+    test_module_loads needs Slicer's parameter node wrapper and runs only in Slicer."""
+    import unittest
+
+    class SelfTest(module.DeepSimilarityTest, unittest.TestCase):
+        def __init__(self):
+            unittest.TestCase.__init__(self, "runTest")
+
+        def delayDisplay(self, message):
+            pass
+
+        def runTest(self):
+            self.test_heatmap_logic()
+            slicer.mrmlScene.Clear(0)
+            self.test_background_heatmap()
+
+    result = unittest.TestResult()
+    SelfTest().run(result)
+    assert result.wasSuccessful(), result.errors + result.failures
+
+
+def test_loading_the_module_imports_no_heavy_library():
+    """Slicer imports every module at start-up: PyTorch and MONAI must wait for the first action."""
+    import subprocess
+
+    script = f"""
+import sys, types
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "DeepSimilarity")!r}]
+stub = types.ModuleType("slicer.ScriptedLoadableModule")
+for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+             "ScriptedLoadableModuleTest"):
+    setattr(stub, name, type(name, (), {{}}))
+sys.modules[stub.__name__] = stub
+wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+wrapper.parameterNodeWrapper = lambda cls: cls
+wrapper.Choice = wrapper.WithinRange = lambda *a, **k: None
+sys.modules[wrapper.__name__] = wrapper
+import DeepSimilarity
+heavy = sorted(m for m in ("torch", "monai", "skimage", "faiss") if m in sys.modules)
+print("heavy:", heavy)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "heavy: []"
+
+
+class _Combo(_Widget):
+    def __init__(self):
+        super().__init__(items=[], enabled=True)
+
+    count = property(lambda self: len(self.items))
+    currentText = property(lambda self: self.items[0] if self.items else "")
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def blockSignals(self, block):
+        return False
+
+
+def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
+    import types
+
+    import DeepSimilarityPanels as panels
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    monkeypatch.setattr(panels, "ensure_dependencies", lambda: None)
+
+    class Any(_Widget):
+        def connect(self, signal, slot):
+            self.slot = slot
+
+        def setVisible(self, visible):
+            self.visible = visible
+
+        def setPlainText(self, text):
+            self.plain = text
+
+        def setReadOnly(self, value):
+            self.readOnly = value
+
+    names = {n for pair in panels.TRAINING_ROWS for n in pair} | {
+        "loadShippedButton", "loadWeightsButton", "trainButton", "manifestTextBrowser", "currentNetworkLabel",
+        "weightsPathLineEdit"}
+    ui = types.SimpleNamespace(**{n: Any(text="", enabled=True, currentPath="") for n in names})
+    ui.shippedWeightsComboBox = _Combo()
+    ui.shippedWeightsComboBox.connect = lambda signal, slot: None
+    widget = types.SimpleNamespace(ui=ui, logic=module.DeepSimilarityLogic())
+    panel = panels.NetworksPanel(widget)
+    assert ui.manifestTextBrowser.readOnly is True
+    panel.showKind("hashing")
+    assert ui.shippedWeightsComboBox.items == ["osdh_nih_64bit.pt"] and ui.loadShippedButton.enabled
+    assert "Training data: nih" in ui.manifestTextBrowser.plain
+    assert ui.bitsSpinBox.visible and ui.trainCsvPathLineEdit.visible and not ui.pairsSpinBox.visible
+    panel.showKind("similarity")
+    assert ui.pairsSpinBox.visible and ui.trainCtVolumeSelector.visible and not ui.epochsSpinBox.visible
+    panel.onLoadShippedButton()
+    assert widget.logic.networks["similarity"].endswith("ctmr_similarity.pt")
+    assert ui.currentNetworkLabel.text == "ctmr_similarity.pt"
