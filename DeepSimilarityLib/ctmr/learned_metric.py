@@ -94,7 +94,10 @@ class LearnedPatchMetric(PatchMetric):
             span = (mr.amax(1, keepdim=True) - low).float()
             scale = torch.where(span > 0, 1.0 / span.clamp_min(1e-12), 0.0)  # (m, 1)
             h = F.linear((mr - low).to(dtype), w["w_mr"]).float().mul_(scale).add_(ct_part)
-            h = torch.sigmoid_(torch.where(span > 0, h, ct_part + self._half_row_sums)).to(dtype)
+            constant = (span[:, 0] <= 0).nonzero()[:, 0]
+            if constant.numel():  # rare: only these rows get the constant patch's input (0.5 everywhere)
+                h[constant] += self._half_row_sums
+            h = torch.sigmoid_(h).to(dtype)
         else:
             h = torch.sigmoid_(F.linear(mr.to(dtype), w["w_mr"], ct_part.to(dtype)))
         for weight, bias in w["layers"]:
