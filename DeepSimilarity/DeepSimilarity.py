@@ -118,7 +118,8 @@ class DeepSimilarityParameterNode:
     # Registration
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    registrationLoss: Annotated[str, Choice(["deepsim", "ncc", "mse"])] = "ncc"
+    # deepsim has a shipped network; ncc and mse need one trained in the Networks panel.
+    registrationLoss: Annotated[str, Choice(["deepsim", "ncc", "mse"])] = "deepsim"
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     fixedLabel: vtkMRMLLabelMapVolumeNode
