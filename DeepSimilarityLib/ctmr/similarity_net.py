@@ -183,7 +183,7 @@ def finetune(net: PatchSimilarityNet, ct, mr, labels, settings: TrainSettings | 
     target = 1 - labels  # output 0 (v1) is the "same position" class
     net.train()
     loss = run_epochs(lambda idx: F.cross_entropy(net(ct[idx], mr[idx]), target[idx]), ct.shape[0],
-                      net.parameters(), settings, settings.finetune_epochs, generator, on_epoch, should_stop,
+                      net, settings, settings.finetune_epochs, generator, on_epoch, should_stop,
                       settings.finetune_lr)
     net.eval()
     with torch.no_grad():

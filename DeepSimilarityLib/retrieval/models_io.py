@@ -9,7 +9,6 @@ retrained weights never mix with old codes in a database.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ..atomic import atomic_output
 from ..errors import InputError
 from .backbone import as_batch
 from .encoder import pack_bits
+from ..weights_manifest import file_sha256  # noqa: F401  (model ids; re-exported)
 
 FILE_FORMAT = "deepsim-retrieval-model"
 KINDS = ("siamese", "classifier", "hashing")
@@ -44,14 +44,6 @@ def save_model(net, path, metadata: dict | None = None) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return path
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_model(path):
