@@ -24,7 +24,7 @@ MANIFEST = "manifest.json"
 MAX_BYTES = 10 * 2 ** 20  # shipped weights stay small: the repository carries them
 # Metadata keys that describe a run rather than its recipe (kept out of "hyper_parameters").
 _NOT_HYPER = {"data", "date", "kind", "train_seconds", "train_accuracy", "held_out_scores", "label_names",
-              "train_images", "held_out_images", "pairs", "settings"}
+              "train_images", "held_out_images", "pairs", "settings", "final_loss"}
 
 
 def file_sha256(path) -> str:
@@ -115,6 +115,8 @@ def model_entry(path, kind: str, command: str, training_folder: str, evaluation:
              "hyper_parameters": hyper, "date": metadata.get("date") or datetime.date.today().isoformat(),
              "sha256": file_sha256(path), "size_bytes": size, "command": command,
              "train_seconds": metadata.get("train_seconds")}
+    if "final_loss" in metadata:
+        entry["final_training_loss"] = metadata["final_loss"]
     if metadata.get("held_out_scores"):
         entry["held_out_scores"] = metadata["held_out_scores"]
     entry["evaluation"] = evaluation or {}

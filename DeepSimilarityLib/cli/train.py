@@ -6,6 +6,7 @@ import datetime
 
 from ..errors import InputError
 from .common import add_resume_option, output_path, resumable_training
+from .train_all import add_parser as add_all_parser
 from .train_registration import add_parsers as add_registration_parsers
 
 
@@ -32,6 +33,7 @@ def register_parser(sub):
     p = sub.add_parser("train", help="train a model (registration, DeepSim features, siamese, hashing)")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     add_registration_parsers(kinds)
+    add_all_parser(kinds)
     k = kinds.add_parser("siamese", help="Siamese CNN retrieval embeddings (Chung & Weng 2017)",
                          description="Twin ResNets with shared weights, contrastive loss on pairs built from labels; "
                                      "--supervised trains the classifier baseline instead.")

@@ -84,7 +84,9 @@ def run_train_registration(args):
     bar.close()
     from ..registration.experiment import TRAINING_INTENSITY
 
-    meta = {"loss": args.loss, "lambda": lam, "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
+    meta = {"loss": args.loss, "lambda": lam, "regulariser": "diffusion", "optimizer": "adam", "lr": 3e-3,
+            "batch_size": 8, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+            "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
             "intensity": TRAINING_INTENSITY,
             "features": str(args.features) if args.features else None, "seed": args.seed,
             "data": f"{len(index)} coronal slice pairs vxm <-> OASIS", "date": datetime.date.today().isoformat()}
@@ -112,7 +114,9 @@ def run_train_features(args):
                                       seed=args.seed, on_epoch=on_epoch)
     bar.close()
     save_feature_net(net, out, {"mode": args.mode, "data": "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled",
-                                "epochs": args.epochs, "date": datetime.date.today().isoformat()})
+                                "optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": args.epochs,
+                                "seed": args.seed, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+                                "date": datetime.date.today().isoformat()})
     checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
