@@ -147,8 +147,15 @@ class EpochCheckpoint:
             torch.save(blob, tmp)
 
     def discard(self) -> None:
-        """Remove the file once the training's output is written."""
+        """Remove the file once the training's output is written, with what killed writes of it left behind.
+
+        A SIGKILL during a write leaves ``atomic_output``'s temporary file
+        (nothing can remove it in the dying process); only this training
+        writes this checkpoint, so its leftovers are safe to remove here.
+        """
         self.path.unlink(missing_ok=True)
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 @contextmanager
