@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_output
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .sdae import (TrainSettings, _StageReporter, as_settings, pretrain_multimodal, pretrain_unimodal,
                    run_epochs, sigmoid_init)
 
@@ -257,7 +257,7 @@ def load_net(path, expected: dict | None = None) -> PatchSimilarityNet:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable network file ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable network file ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a CT/MR similarity network file")
     config = check_config(payload.get("config"), name=str(path))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .backbone import as_batch
 from .encoder import pack_bits
 from ..weights_manifest import file_sha256  # noqa: F401  (model ids; re-exported)
@@ -54,7 +54,7 @@ def load_model(path):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable model file ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable model file ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a DeepSimilarity retrieval model file")
     config = payload.get("config")
