@@ -211,3 +211,17 @@ def test_train_all_quick_writes_a_manifest_that_verifies(tmp_path, monkeypatch, 
     assert load_retrieval_model(shipped_weights(entry["file"])).kind == "binary"
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", entry["file"]]  # no staging, no checkpoint
     json.loads((folder / "manifest.json").read_text())
+
+
+def test_train_all_refuses_a_model_over_the_size_limit_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    require_data("chest-xray/nih1000")
+    import DeepSimilarityLib.weights_manifest as wm
+
+    monkeypatch.setattr(wm, "MAX_BYTES", 1000)  # every real model is "too large" now
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "osdh_nih_64bit.pt").write_bytes(b"previous weights")
+    assert main(["train", "all", "--quick", "--only", "retrieval-hashing", "--out", str(folder)]) == 2
+    assert "limit" in capsys.readouterr().err
+    assert (folder / "osdh_nih_64bit.pt").read_bytes() == b"previous weights"
+    assert sorted(p.name for p in folder.iterdir()) == ["osdh_nih_64bit.pt"]  # no staging file, no manifest
