@@ -225,3 +225,39 @@ def test_train_all_refuses_a_model_over_the_size_limit_and_keeps_the_old_file(tm
     assert "limit" in capsys.readouterr().err
     assert (folder / "osdh_nih_64bit.pt").read_bytes() == b"previous weights"
     assert sorted(p.name for p in folder.iterdir()) == ["osdh_nih_64bit.pt"]  # no staging file, no manifest
+
+
+def _savers():
+    from DeepSimilarityLib.ctmr.similarity_net import PatchSimilarityNet, save_net
+    from DeepSimilarityLib.registration.feature_net import FeatureNet, save_feature_net
+    from DeepSimilarityLib.registration.network import RegistrationNet, save_registration_net
+    from DeepSimilarityLib.retrieval.models_io import save_model
+    from DeepSimilarityLib.training_checkpoint import EpochCheckpoint
+
+    def checkpoint(path):
+        net = torch.nn.Linear(2, 2)
+        EpochCheckpoint(path).end_epoch(0, 1, 2, net, torch.optim.SGD(net.parameters(), lr=0.1), [], [0.0])
+
+    return {"ctmr (similarity train)": lambda p: save_net(PatchSimilarityNet({"patch_voxels": 9}), p),
+            "features (train features)": lambda p: save_feature_net(FeatureNet(), p),
+            "registration (train registration)": lambda p: save_registration_net(RegistrationNet(2), p),
+            "retrieval (train siamese/hashing)": lambda p: save_model(TRAININGS["siamese"](None)[0], p),
+            "epoch checkpoint": checkpoint}
+
+
+@pytest.mark.parametrize("name", list(_savers()))
+def test_every_training_output_is_written_atomically(tmp_path, monkeypatch, name):
+    """A write that dies half way leaves the previous file and no temporary file."""
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"previous weights")
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError("disk full")  # after the bytes went out: only a rename may make them visible
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        _savers()[name](out)
+    assert out.read_bytes() == b"previous weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]
