@@ -103,13 +103,20 @@ class CaseDatabase(CaseStore):
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "case database not found" if not path.exists() else "is not a file")
+        # Checked before SQLite touches the file: it would turn an empty file into a database, and
+        # switching a foreign database to WAL rewrites its header.
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\0":
+                raise InputError(path, "not a case database (not an SQLite file)")
         try:
             db = cls._connect(path, create=False)
-            db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.DatabaseError as exc:
             raise InputError(path, f"not a case database ({exc})") from None
         try:
-            return cls(path, db, index_options)
+            store = cls(path, db, index_options)
+            with store._errors():
+                db.execute("PRAGMA journal_mode = WAL")
+            return store
         except BaseException:
             db.close()
             raise

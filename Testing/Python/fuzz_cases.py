@@ -4,7 +4,8 @@ Used by ``test_fuzz_inputs.py`` (one pytest case each) and by
 ``benchmarks/fuzz_inputs.py`` (runs them all, records the outcomes). A case
 passes when the library raises an ``InputError`` / ``ValueError`` naming the
 file, or the command line exits with code 2 and one ``deepsim: error:``
-line naming it, no traceback, and none of its output files exist.
+line naming it, no traceback, and none of its output files exist; and the
+damaged file is left unchanged.
 """
 
 from __future__ import annotations
@@ -426,12 +427,23 @@ def all_cases() -> list[Case]:
 
 
 def run_case(case: Case, folder: Path) -> tuple[str, str]:
-    """``(outcome, detail)``: outcome ``"ok"`` when the case behaved, else ``"accepted"``, ``"unclear"`` or ``"crash"``."""
-    from DeepSimilarityLib.cli import main
+    """``(outcome, detail)``: outcome ``"ok"`` when the case behaved, else ``"accepted"``, ``"unclear"`` or ``"crash"``.
 
+    Whatever the outcome, the damaged input itself must be left as it was.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     bad = case.make_input(folder)
     how, call, outputs = case.consumer(bad, folder)
+    before = bad.read_bytes() if bad.is_file() else None
+    outcome, detail = _judge(case, bad, how, call, outputs)
+    if outcome == "ok" and before is not None and bad.read_bytes() != before:
+        return "unclear", f"{bad.name} was modified by a failed read"
+    return outcome, detail
+
+
+def _judge(case: Case, bad: Path, how: str, call, outputs) -> tuple[str, str]:
+    from DeepSimilarityLib.cli import main
+
     if how == "lib":
         try:
             call()
