@@ -17,6 +17,12 @@ class InputError(ValueError):
         super().__init__(f"{self.name}: {self.problem}")
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an underlying error's message (torch's load errors span dozens of lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class TrainingCancelled(Exception):
     """Raised inside long work (training, filling a case database) when ``should_stop()`` returned true.
 

@@ -135,7 +135,7 @@ def _to_grey(image: sitk.Image, name: str) -> sitk.Image:
     first = sitk.GetArrayViewFromImage(channels[0])
     if all(np.array_equal(first, sitk.GetArrayViewFromImage(c)) for c in channels[1:]):
         return channels[0]
-    if len(channels) < 3:
+    if n not in (3, 4):  # luminance is defined for RGB(A) only
         raise InputError(name, f"image has {n} channels; cannot convert to grey")
     return channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
 
@@ -184,15 +184,22 @@ def read_image(path, ndim: int | None = None, color: str = "grey", dtype=np.floa
         else:
             if path.stat().st_size == 0:
                 raise InputError(path, "file is empty")
-            image = sitk.ReadImage(str(path))
+            if path.name.lower().endswith(".gz"):
+                _check_gzip_complete(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()  # the header alone: sizes are checked before any voxel is allocated
+            _check_size(reader.GetSize(), path)
+            image = reader.Execute()
     except RuntimeError as exc:  # SimpleITK reports unreadable files this way
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "Could not" in ln or "Unable" in ln), "not a readable image")
         raise InputError(path, f"cannot read image ({detail.strip()[:160]})") from None
-    if any(s == 0 for s in image.GetSize()):
-        raise InputError(path, f"image has zero size {image.GetSize()}")
-    if np.prod(image.GetSize(), dtype=np.int64) > MAX_VOXELS:
-        raise InputError(path, f"image of size {image.GetSize()} is too large")
+    _check_size(image.GetSize(), path)
+    if image.GetDimension() not in (2, 3):
+        raise InputError(path, f"expected a 2D or 3D image, got {image.GetDimension()}D of size {image.GetSize()}")
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(path, f"complex-valued voxels ({image.GetPixelIDTypeAsString()}) are not supported")
     if color == "grey":
         image = _to_grey(image, path)
     elif color != "keep":
@@ -209,6 +216,26 @@ def read_image(path, ndim: int | None = None, color: str = "grey", dtype=np.floa
         if bad:
             raise InputError(path, f"image has {bad} NaN or infinite voxels")
     return volume
+
+
+def _check_size(size, path) -> None:
+    if any(s == 0 for s in size):
+        raise InputError(path, f"image has zero size {tuple(size)}")
+    if np.prod(size, dtype=np.float64) > MAX_VOXELS:
+        raise InputError(path, f"image of size {tuple(size)} is too large")
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """Read a gzip file through: SimpleITK's NIfTI reader fills a truncated stream's missing voxels with zeros."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"cannot read image (compressed file is truncated or damaged: {type(exc).__name__})") from None
 
 
 def check_volume(volume: Volume, name: str, ndim: int | None = None) -> Volume:

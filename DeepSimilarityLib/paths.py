@@ -47,27 +47,9 @@ def shipped_weights(name: str) -> Path:
     A missing file raises :class:`InputError` with the command that trains it;
     a file whose sha256 differs from the manifest's (damaged, or replaced
     without updating the manifest) is refused, since its evaluation numbers
-    would no longer describe it.
+    would no longer describe it. The format and the check live in
+    :mod:`.weights_manifest`, beside the writer (``deepsim train all``).
     """
-    import hashlib
-    import json
+    from .weights_manifest import verified_weights
 
-    from .errors import InputError
-
-    folder = weights_dir()
-    path = folder / name
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        entry = next(e for e in manifest["models"] if e.get("file") == name)
-    except (OSError, ValueError, KeyError, StopIteration):
-        entry = None
-    if not path.is_file():
-        how = f"; train it with: {entry['command']}" if entry and entry.get("command") else ""
-        raise InputError(path, f"shipped weight file is missing{how}")
-    if entry is None:
-        raise InputError(folder / "manifest.json", f"has no entry for {name}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != entry.get("sha256"):
-        raise InputError(path, f"sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}...; "
-                               "the file is damaged or was retrained without updating weights/manifest.json")
-    return path
+    return verified_weights(weights_dir(), name)

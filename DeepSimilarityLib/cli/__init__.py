@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     try:
         result = args.func(args)
     except InputError as exc:
-        print(f"deepsim: error: {exc}", file=sys.stderr)
+        # one line, whatever a library message carries (e.g. an underlying error's multi-line text)
+        print("deepsim: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("deepsim: cancelled; nothing partial was written", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import atomic_output
@@ -37,3 +38,24 @@ def write_json(data, path) -> Path:
         json.dump(data, f, indent=2, default=float)
         f.write("\n")
     return Path(path)
+
+
+def add_resume_option(p) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.ckpt (saved after every epoch, removed on success); "
+                        "the result equals an uninterrupted run's")
+
+
+@contextmanager
+def resumable_training(args):
+    """Checkpoint the training inside the block to ``args.out + '.ckpt'``; the options are its fingerprint.
+
+    The caller discards the checkpoint once the output is written.
+    """
+    from ..training_checkpoint import training_checkpoint
+
+    # options that do not change the result may differ between the interrupted and the resumed run
+    fingerprint = {k: v for k, v in sorted(vars(args).items())
+                   if k not in ("func", "resume", "threads") and isinstance(v, (str, int, float, bool, type(None)))}
+    with training_checkpoint(args.out, fingerprint, args.resume) as checkpoint:
+        yield checkpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .common import output_path, parse_point, write_json
+from .common import add_resume_option, output_path, parse_point, resumable_training, write_json
 
 
 def register_parser(sub):
@@ -55,6 +55,7 @@ def register_parser(sub):
     t.add_argument("--max-outline-distance", type=float, default=3.0,
                    help="drop slice pairs whose body outlines lie farther apart after registration (512-px voxels, default 3)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    add_resume_option(t)
     t.set_defaults(func=run_train)
 
 
@@ -168,9 +169,10 @@ def run_train(args):
     # 3D patches hold 4913 voxels per modality: a 9826-wide first layer would weigh 386 MB, so each
     # modality's code shrinks to 512 units (layer sizes stay the paper's from L2 on).
     layers = [1024, 300, 100] if args.dim == 3 else None
-    net, history = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, args.setting, variant=args.variant,
-                                        pretraining=args.pretraining, seed=args.seed, progress=progress, layers=layers,
-                                        patch_norm=args.patch_norm)
+    with resumable_training(args) as checkpoint:
+        net, history = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, args.setting, variant=args.variant,
+                                            pretraining=args.pretraining, seed=args.seed, progress=progress,
+                                            layers=layers, patch_norm=args.patch_norm)
     bar.close()
     metadata = dict(net.metadata, kind="ctmr-similarity", data=source, mr=args.mr, patch_size=args.patch_size,
                     downsample=1 if (args.phantom or args.ct_image or args.dim == 3) else args.downsample, dim=args.dim,
@@ -178,6 +180,7 @@ def run_train(args):
                     pairs_positive=args.pairs, train_accuracy=history["train_accuracy"],
                     train_seconds=history["seconds"], date=datetime.date.today().isoformat())
     save_net(net, out, metadata)
+    checkpoint.discard()
     print(f"trained in {history['seconds']:.1f} s on {len(pairs)} pairs ({source}); "
           f"training accuracy {history['train_accuracy']:.3f}")
     print(f"wrote {out}")

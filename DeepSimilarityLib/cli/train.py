@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 
 from ..errors import InputError
-from .common import output_path
+from .common import add_resume_option, output_path, resumable_training
+from .train_all import add_parser as add_all_parser
 from .train_registration import add_parsers as add_registration_parsers
 
 
@@ -25,12 +26,14 @@ def _data_options(k, default: str, choices):
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     k.add_argument("--out", required=True, help="model file to write (.pt)")
+    add_resume_option(k)
 
 
 def register_parser(sub):
     p = sub.add_parser("train", help="train a model (registration, DeepSim features, siamese, hashing)")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     add_registration_parsers(kinds)
+    add_all_parser(kinds)
     k = kinds.add_parser("siamese", help="Siamese CNN retrieval embeddings (Chung & Weng 2017)",
                          description="Twin ResNets with shared weights, contrastive loss on pairs built from labels; "
                                      "--supervised trains the classifier baseline instead.")
@@ -120,11 +123,12 @@ def run_train_siamese(args):
     settings = SiameseSettings(epochs=args.epochs, margin=args.margin, seed=args.seed, flip=data.name == "fundus").check()
     bar, progress = _progress_bar(args.epochs)
     arch = dict(depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
-    if args.supervised:
-        net, history = train_classifier(data.images[tr], data.classes[tr], settings, progress, **arch)
-    else:
-        net, history = train_siamese(data.images[tr], data.classes[tr], settings, progress,
-                                     embedding_dim=args.embedding_dim, **arch)
+    with resumable_training(args) as checkpoint:
+        if args.supervised:
+            net, history = train_classifier(data.images[tr], data.classes[tr], settings, progress, **arch)
+        else:
+            net, history = train_siamese(data.images[tr], data.classes[tr], settings, progress,
+                                         embedding_dim=args.embedding_dim, **arch)
     bar.close()
     scores = {}
     if len(te):
@@ -133,6 +137,7 @@ def run_train_siamese(args):
                                      rm.same_class(data.classes[te], data.classes[tr]))
         scores = rm.map_mrr(ranked)
     _finish(net, args, data, tr, te, source, history, scores)
+    checkpoint.discard()
 
 
 def run_train_hashing(args):
@@ -150,8 +155,9 @@ def run_train_hashing(args):
                             margin=args.margin, seed=args.seed).check()
     data, tr, te, source = _load(args, single_label=False)
     bar, progress = _progress_bar(args.epochs)
-    net, history = train_hashing(data.images[tr], data.labels[tr], args.bits, settings, progress,
-                                 depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
+    with resumable_training(args) as checkpoint:
+        net, history = train_hashing(data.images[tr], data.labels[tr], args.bits, settings, progress,
+                                     depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
     bar.close()
     scores = {}
     if len(te):
@@ -160,3 +166,4 @@ def run_train_hashing(args):
                                      rm.shared_labels(data.labels[te], data.labels[tr]))
         scores = rm.multilabel_scores(ranked, p=min(100, len(tr)))
     _finish(net, args, data, tr, te, source, history, scores)
+    checkpoint.discard()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from .common import output_path
+from .common import add_resume_option, output_path, resumable_training
 
 
 def add_parsers(kinds):
@@ -20,6 +20,7 @@ def add_parsers(kinds):
     r.add_argument("--velocity", action="store_true", help="integrate a stationary velocity field (scaling and squaring)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="weights file to write (.pt)")
+    add_resume_option(r)
     r.set_defaults(func=run_train_registration)
 
     f = kinds.add_parser("features", help="DeepSim feature net: segmentation or autoencoder on the vxm brain scan")
@@ -30,6 +31,7 @@ def add_parsers(kinds):
     f.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="weights file to write (.pt)")
+    add_resume_option(f)
     f.set_defaults(func=run_train_features)
 
 
@@ -79,16 +81,20 @@ def run_train_registration(args):
     vols = load_brain_volumes()
     images, labels, _, index = stack_pairs(vols, slice_pairs(vols, "train", (-1, 0, 1)))
     bar, on_epoch = _progress_bar(f"training {args.loss}")
-    net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, lr=3e-3, labels=labels,
-                                   loss_name=args.loss, seed=args.seed, velocity=args.velocity, on_epoch=on_epoch)
+    with resumable_training(args) as checkpoint:
+        net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, lr=3e-3, labels=labels,
+                                       loss_name=args.loss, seed=args.seed, velocity=args.velocity, on_epoch=on_epoch)
     bar.close()
     from ..registration.experiment import TRAINING_INTENSITY
 
-    meta = {"loss": args.loss, "lambda": lam, "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
+    meta = {"loss": args.loss, "lambda": lam, "regulariser": "diffusion", "optimizer": "adam", "lr": 3e-3,
+            "batch_size": 8, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+            "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
             "intensity": TRAINING_INTENSITY,
             "features": str(args.features) if args.features else None, "seed": args.seed,
             "data": f"{len(index)} coronal slice pairs vxm <-> OASIS", "date": datetime.date.today().isoformat()}
     save_registration_net(net, out, meta)
+    checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
     return 0 if torch.isfinite(torch.tensor(hist["loss"][-1])) else 1
@@ -119,11 +125,15 @@ def run_train_features(args):
         images, labels = feature_training_set(load_brain_volumes(), 2)
         data = "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled"
     bar, on_epoch = _progress_bar(f"feature net {args.mode}")
-    net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=args.epochs,
-                                  seed=args.seed, on_epoch=on_epoch)
+    with resumable_training(args) as checkpoint:
+        net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=args.epochs,
+                                      seed=args.seed, on_epoch=on_epoch)
     bar.close()
     save_feature_net(net, out, {"mode": args.mode, "data": data,
-                                "epochs": args.epochs, "date": datetime.date.today().isoformat()})
+                                "optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": args.epochs,
+                                "seed": args.seed, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+                                "date": datetime.date.today().isoformat()})
+    checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, TrainingCancelled
+from ..training_checkpoint import active_checkpoint
 
 Progress = Callable[[str, float], None]
 ShouldStop = Callable[[], bool]
@@ -122,16 +123,26 @@ def make_optimizer(params, settings: TrainSettings, lr: float | None = None) -> 
     return torch.optim.Adam(params, lr=lr) if settings.optimizer == "adam" else torch.optim.SGD(params, lr=lr)
 
 
-def run_epochs(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, params, settings: TrainSettings,
+def run_epochs(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, model: nn.Module, settings: TrainSettings,
                epochs: int, generator: torch.Generator, on_epoch: Callable[[float], None] | None = None,
-               should_stop: ShouldStop | None = None, lr: float | None = None) -> list[float]:
-    """Minimises ``loss_fn(batch_indices)`` over shuffled mini-batches; returns the mean loss per epoch.
+               should_stop: ShouldStop | None = None, lr: float | None = None, rngs=()) -> list[float]:
+    """Minimises ``loss_fn(batch_indices)`` over shuffled mini-batches of ``model``'s parameters; returns the mean loss per epoch.
 
-    ``on_epoch`` gets the fraction of epochs done; ``should_stop`` is polled before every step.
+    The one training loop of the project. ``on_epoch`` gets the fraction of
+    epochs done; ``should_stop`` is polled before every step. ``rngs``: other
+    random generators ``loss_fn`` draws from (torch or numpy), so that a
+    checkpoint (see :mod:`DeepSimilarityLib.training_checkpoint`, active when
+    the caller opened one) saves and restores them with ``generator``.
     """
-    optimizer = make_optimizer(params, settings, lr)
-    losses = []
-    for epoch in range(epochs):
+    optimizer = make_optimizer(model.parameters(), settings, lr)
+    generators = [generator, *rngs]
+    checkpoint = active_checkpoint()
+    first, losses = 0, []
+    if checkpoint is not None:
+        stage, first, losses = checkpoint.begin_stage(model, optimizer, epochs, generators)
+        if first and on_epoch is not None:
+            on_epoch(first / epochs)  # progress bars, and schedules driven by it (hashing's alpha)
+    for epoch in range(first, epochs):
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for start in range(0, n, settings.batch_size):
@@ -144,6 +155,8 @@ def run_epochs(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, params, 
             optimizer.step()
             total += loss.item() * len(idx)
         losses.append(total / n)
+        if checkpoint is not None:
+            checkpoint.end_epoch(stage, epoch + 1, epochs, model, optimizer, generators, losses)
         if on_epoch is not None:
             on_epoch((epoch + 1) / epochs)
     return losses
@@ -154,7 +167,7 @@ def train_dae(x: torch.Tensor, n_hidden: int, settings: TrainSettings, generator
     """Trains one DAE on clean inputs ``x`` ``(N, n_in)``; returns it and its loss per epoch."""
     dae = DenoisingAutoencoder(x.shape[1], n_hidden, generator)
     losses = run_epochs(lambda idx: dae.reconstruction_loss(x[idx], settings.corruption, generator),
-                        x.shape[0], dae.parameters(), settings, settings.pretrain_epochs, generator,
+                        x.shape[0], dae, settings, settings.pretrain_epochs, generator,
                         on_epoch, should_stop)
     return dae, losses
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_output
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .sdae import (TrainSettings, _StageReporter, as_settings, pretrain_multimodal, pretrain_unimodal,
                    run_epochs, sigmoid_init)
 
@@ -183,7 +183,7 @@ def finetune(net: PatchSimilarityNet, ct, mr, labels, settings: TrainSettings | 
     target = 1 - labels  # output 0 (v1) is the "same position" class
     net.train()
     loss = run_epochs(lambda idx: F.cross_entropy(net(ct[idx], mr[idx]), target[idx]), ct.shape[0],
-                      net.parameters(), settings, settings.finetune_epochs, generator, on_epoch, should_stop,
+                      net, settings, settings.finetune_epochs, generator, on_epoch, should_stop,
                       settings.finetune_lr)
     net.eval()
     with torch.no_grad():
@@ -257,7 +257,7 @@ def load_net(path, expected: dict | None = None) -> PatchSimilarityNet:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable network file ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable network file ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a CT/MR similarity network file")
     config = check_config(payload.get("config"), name=str(path))

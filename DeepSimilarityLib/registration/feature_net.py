@@ -109,7 +109,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, 
     settings = TrainSettings(optimizer="adam", lr=lr, batch_size=batch_size)
     t0 = time.perf_counter()
     net.train()
-    losses = run_epochs(loss_fn, images.shape[0], net.parameters(), settings, epochs, generator, on_epoch, should_stop)
+    losses = run_epochs(loss_fn, images.shape[0], net, settings, epochs, generator, on_epoch, should_stop)
     net.eval().requires_grad_(False)
     return net, {"loss": losses, "seconds": time.perf_counter() - t0}
 

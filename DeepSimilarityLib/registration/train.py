@@ -60,5 +60,5 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
     net.train()
     t0 = time.perf_counter()
     settings = TrainSettings(optimizer="adam", lr=lr, batch_size=batch_size)
-    losses = run_epochs(step_loss, len(pairs), net.parameters(), settings, epochs, generator, on_epoch, should_stop)
+    losses = run_epochs(step_loss, len(pairs), net, settings, epochs, generator, on_epoch, should_stop)
     return net.eval(), {"loss": losses, "seconds": time.perf_counter() - t0}

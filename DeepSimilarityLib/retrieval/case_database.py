@@ -53,7 +53,11 @@ class CaseDatabase(CaseStore):
             info = dict(self._db.execute("SELECT key, value FROM info").fetchall())
         if info.get("schema_version") != str(SCHEMA_VERSION) or not {"model_id", "kind", "size"} <= set(info):
             raise InputError(path, f"case database schema {info.get('schema_version')!r} is not version {SCHEMA_VERSION}")
-        self.model_id, self.kind, self.size = info["model_id"], info["kind"], int(info["size"])
+        try:
+            self.model_id, self.kind, self.size = info["model_id"], info["kind"], int(info["size"])
+            check_kind(self.kind, self.size)
+        except (ValueError, TypeError) as exc:
+            raise InputError(path, f"damaged case database info ({exc})") from None
         self.created, self.model = info.get("created", ""), info.get("model", "")
         self._index = None
         self._seen_max, self._data_version = 0, None
@@ -99,13 +103,20 @@ class CaseDatabase(CaseStore):
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "case database not found" if not path.exists() else "is not a file")
+        # Checked before SQLite touches the file: it would turn an empty file into a database, and
+        # switching a foreign database to WAL rewrites its header.
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\0":
+                raise InputError(path, "not a case database (not an SQLite file)")
         try:
             db = cls._connect(path, create=False)
-            db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.DatabaseError as exc:
             raise InputError(path, f"not a case database ({exc})") from None
         try:
-            return cls(path, db, index_options)
+            store = cls(path, db, index_options)
+            with store._errors():
+                db.execute("PRAGMA journal_mode = WAL")
+            return store
         except BaseException:
             db.close()
             raise
@@ -120,6 +131,10 @@ class CaseDatabase(CaseStore):
             raise InputError(self.path, f"not a case database or damaged ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise InputError(self.path, f"not a case database or damaged ({exc})") from None
+        except InputError:
+            raise
+        except ValueError as exc:  # a row that does not decode: labels that are not JSON, a code of the wrong length
+            raise InputError(self.path, f"damaged row ({str(exc)[:120]})") from None
 
     @contextmanager
     def _write(self):
@@ -140,7 +155,10 @@ class CaseDatabase(CaseStore):
 
     # -- the in-memory index -------------------------------------------------------
     def _decode(self, blobs) -> np.ndarray:
-        flat = np.frombuffer(b"".join(blobs), dtype=np.dtype(self.code_dtype).newbyteorder("<"))
+        dtype = np.dtype(self.code_dtype).newbyteorder("<")
+        if any(len(b) != self.code_width * dtype.itemsize for b in blobs):
+            raise InputError(self.path, f"damaged: a code is not {self.code_width * dtype.itemsize} bytes long")
+        flat = np.frombuffer(b"".join(blobs), dtype=dtype)
         return flat.reshape(len(blobs), self.code_width).astype(self.code_dtype)
 
     def _load_new(self, index) -> None:
@@ -220,11 +238,12 @@ class CaseDatabase(CaseStore):
             with self._errors():
                 rows = self._db.execute("SELECT id, source, labels, metadata, code FROM cases WHERE id > ? ORDER BY id LIMIT ?",
                                         (last, batch)).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield ([r[1] for r in rows], [json.loads(r[2]) for r in rows], [json.loads(r[3]) for r in rows],
-                   self._decode([r[4] for r in rows]))
+                if not rows:
+                    return
+                last = rows[-1][0]
+                chunk = ([r[1] for r in rows], [json.loads(r[2]) for r in rows], [json.loads(r[3]) for r in rows],
+                         self._decode([r[4] for r in rows]))
+            yield chunk
 
     def info(self) -> dict:
         out = super().info()

@@ -145,7 +145,7 @@ def train_hashing(images: np.ndarray, labels: np.ndarray, n_bits: int = 64, sett
     start = time.perf_counter()
     net.train()
     optim = TrainSettings(optimizer="adam", lr=settings.lr, batch_size=settings.batch_size)
-    losses = run_epochs(loss_fn, len(x), net.parameters(), optim, settings.epochs, g, on_epoch, should_stop)
+    losses = run_epochs(loss_fn, len(x), net, optim, settings.epochs, g, on_epoch, should_stop)
     recalibrate_batchnorm(net, x, settings.batch_size)
     return net, {"loss": losses, "seconds": time.perf_counter() - start, "settings": asdict(settings)}
 

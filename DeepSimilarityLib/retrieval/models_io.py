@@ -9,7 +9,6 @@ retrained weights never mix with old codes in a database.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .backbone import as_batch
 from .encoder import pack_bits
+from ..weights_manifest import file_sha256  # noqa: F401  (model ids; re-exported)
 
 FILE_FORMAT = "deepsim-retrieval-model"
 KINDS = ("siamese", "classifier", "hashing")
@@ -46,14 +46,6 @@ def save_model(net, path, metadata: dict | None = None) -> Path:
     return path
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_model(path):
     """``(net, metadata)`` from ``path`` in eval mode; InputError for a missing, foreign or mismatched file."""
     path = Path(path)
@@ -62,7 +54,7 @@ def load_model(path):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable model file ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable model file ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a DeepSimilarity retrieval model file")
     config = payload.get("config")

@@ -53,13 +53,25 @@ def read_export(path):
             info = json.loads(f["info"].tobytes().decode("utf-8"))
             records = json.loads(f["records"].tobytes().decode("utf-8"))
             codes = f["codes"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a case database export ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise InputError(path, "not a case database export (no format marker)")
     if info.get("schema_version") != SCHEMA_VERSION:
         raise InputError(path, f"export schema version {info.get('schema_version')}; this version reads {SCHEMA_VERSION}")
-    check_kind(info["kind"], info["size"])
+    try:
+        check_kind(info["kind"], info["size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"damaged export info ({type(exc).__name__}: {exc})") from None
+    # checked here, before an import creates a database: the codes of this kind and size, one record per code
+    width, dtype = (info["size"] // 8, np.uint8) if info["kind"] == "binary" else (info["size"], np.float32)
+    if codes.dtype != dtype or codes.ndim != 2 or codes.shape[1] != width:
+        raise InputError(path, f"codes of dtype {codes.dtype} and shape {codes.shape}; a {info['kind']} export of "
+                               f"size {info['size']} holds (N, {width}) {np.dtype(dtype).name}")
+    if not isinstance(records, list) or not all(
+            isinstance(r, list) and len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], list)
+            and isinstance(r[2], dict) for r in records):
+        raise InputError(path, "damaged: records are not [source, labels, metadata] triples")
     if len(records) != len(codes):
         raise InputError(path, f"{len(records)} records for {len(codes)} codes: the file is damaged")
     sources = [r[0] for r in records]

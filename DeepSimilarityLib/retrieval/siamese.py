@@ -111,11 +111,11 @@ def model_config(kind: str, image_size, n_classes: int, depth=10, width=16, stem
     return config
 
 
-def _train(net, loss_fn, x, settings, generator, progress, should_stop) -> list[float]:
+def _train(net, loss_fn, x, settings, generator, progress, should_stop, rngs=()) -> list[float]:
     optim = TrainSettings(optimizer="adam", lr=settings.lr, batch_size=settings.batch_size)
     on_epoch = (lambda f: progress("train", f)) if progress is not None else None
     net.train()
-    losses = run_epochs(loss_fn, len(x), net.parameters(), optim, settings.epochs, generator, on_epoch, should_stop)
+    losses = run_epochs(loss_fn, len(x), net, optim, settings.epochs, generator, on_epoch, should_stop, rngs=rngs)
     recalibrate_batchnorm(net, x, settings.batch_size)
     return losses
 
@@ -138,7 +138,7 @@ def train_siamese(images: np.ndarray, classes: np.ndarray, settings: SiameseSett
         return contrastive_loss(a, b, torch.from_numpy(same), settings.margin) + settings.weight_decay * weight_penalty(net)
 
     start = time.perf_counter()
-    losses = _train(net, loss_fn, x, settings, g, progress, should_stop)
+    losses = _train(net, loss_fn, x, settings, g, progress, should_stop, rngs=(rng,))
     return net, {"loss": losses, "seconds": time.perf_counter() - start, "settings": asdict(settings)}
 
 
