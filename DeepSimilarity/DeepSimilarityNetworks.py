@@ -87,8 +87,12 @@ class NetworksLogicMixin:
         entry = next((e for e in self.manifest_entries() if e.get("file") == file_name), None)
         if entry is None:
             raise ValueError(f"weights: {file_name!r} has no entry in weights/manifest.json")
+        data = entry.get("training_data", "-")
+        if isinstance(data, dict):  # written by `deepsim train all`: folder, description, counts
+            data = "; ".join([str(data.get("description", ""))] +
+                             [f"{k.replace('_', ' ')} {v}" for k, v in data.items() if k != "description"])
         lines = [f"{entry['file']}  ({entry.get('kind', '?')}, {entry.get('date', 'no date')})",
-                 f"Training data: {entry.get('training_data', '-')}"]
+                 f"Training data: {data}"]
         for title, key in (("Hyper-parameters", "hyper_parameters"), ("Held-out scores", "held_out_scores"),
                            ("Evaluation", "evaluation"), ("Architecture", "architecture")):
             if entry.get(key):
