@@ -31,7 +31,7 @@ def main(argv=None):
     from DeepSimilarityLib.registration.report import write_report
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="20 steps, one lambda, 10 feature steps, no B-spline (smoke run)")
+    p.add_argument("--quick", action="store_true", help="20 steps, one lambda, 10 feature steps, no B-spline (smoke)")
     p.add_argument("--losses", default=DEFAULT_LOSSES, help="comma-separated subset of " + DEFAULT_LOSSES)
     p.add_argument("--steps", type=int, default=100, help="Adam steps per pair and loss")
     p.add_argument("--feature-steps", type=int, default=120, help="training steps of each 3D feature net")
@@ -64,7 +64,8 @@ def main(argv=None):
     stem = "registration_3d_quick" if args.quick else "registration_3d"
     title = f"3D brain MR, 6 directed pairs, {g} grid: mean Dice per pair (triangle: mean)"
     print(write_report(result, args.out_dir, stem, header, title))
-    print(f"affine floor {np.mean(result['affine_only']['dice']):.3f}; wrote {Path(args.out_dir) / stem}.json, .md, .png")
+    print(f"affine floor {np.mean(result['affine_only']['dice']):.3f}; "
+          f"wrote {Path(args.out_dir) / stem}.json, .md, .png")
     return 0
 
 

@@ -39,7 +39,8 @@ class LearnedCTMRLoss(nn.Module):
         super().__init__()
         side = math.isqrt(int(net.config["patch_voxels"]))
         if side * side != net.config["patch_voxels"]:
-            raise InputError("ctmr-learned", f"needs square 2D patches, the net has {net.config['patch_voxels']} voxels")
+            raise InputError("ctmr-learned",
+                             f"needs square 2D patches, the net has {net.config['patch_voxels']} voxels")
         self.net = net.eval().requires_grad_(False)
         self.side, self.stride, self.min_std = side, int(stride), float(min_std)
 
@@ -54,7 +55,8 @@ class LearnedCTMRLoss(nn.Module):
             raise InputError("ctmr-learned", f"needs two (B, 1, H, W) 2D images, got {tuple(warped.shape)} and "
                                              f"{tuple(fixed.shape)}")
         if min(fixed.shape[2:]) < self.side:
-            raise InputError("ctmr-learned", f"images {tuple(fixed.shape[2:])} are smaller than the {self.side}-pixel patch")
+            raise InputError("ctmr-learned",
+                             f"images {tuple(fixed.shape[2:])} are smaller than the {self.side}-pixel patch")
         ct = F.unfold(fixed, self.side, stride=self.stride)  # (B, V, L), V in row-major patch order
         mr = F.unfold(warped, self.side, stride=self.stride)
         b, v, n = ct.shape

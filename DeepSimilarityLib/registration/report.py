@@ -60,7 +60,10 @@ def box_plot(result: dict, path: Path, title: str):
 
 
 def write_report(result: dict, out_dir, stem: str, header: str, title: str | None = None, paper: bool = True) -> str:
-    """Writes ``stem.json``, ``stem.md`` and ``stem.png`` (box plot titled ``title``) into ``out_dir``; returns the markdown."""
+    """Writes ``stem.json``, ``stem.md`` and ``stem.png`` (box plot titled ``title``) into ``out_dir``.
+
+    ``paper``: the table's column of the paper's 3D brain Dice. Returns the markdown.
+    """
     out_dir = Path(out_dir)
     table = markdown_table(result, paper)
     text = header + "\n\n" + table + "\n"
