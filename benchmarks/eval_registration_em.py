@@ -2,8 +2,8 @@
 
 Sections 0..13 of ../shared/data/microscopy/train train the DeepSim feature nets (membrane
 segmentation / autoencoding); consecutive pairs among the held-out sections 16..29 are registered
-by per-pair instance optimisation on the 2x block-averaged 256x256 grid (lambda per loss by a
-label-free folding rule on the first pair) and scored by the Dice of the warped membrane mask on
+by per-pair instance optimisation on the 2x block-averaged 256x256 grid (coarse to fine from
+128x128; lambda per loss by a label-free folding rule on the first pair) and scored by the Dice of the warped membrane mask on
 the full 512x512 grid; folding on the optimisation grid; SimpleITK B-spline MI on the same images.
 One thread. Protocol details: DeepSimilarityLib/registration/experiment_em.py.
 
@@ -36,6 +36,7 @@ def main(argv=None):
     p.add_argument("--losses", default=DEFAULT_LOSSES, help="comma-separated subset of " + DEFAULT_LOSSES)
     p.add_argument("--steps", type=int, default=100, help="Adam steps per pair and loss")
     p.add_argument("--feature-epochs", type=int, default=30)
+    p.add_argument("--levels", type=int, default=2, help="coarse-to-fine levels of the optimisation (1: single grid)")
     p.add_argument("--both-directions", action="store_true", help="also register section k -> k+1 (26 pairs)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -48,13 +49,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     kw = dict(steps=20, lambda_factors=(1.0,), feature_epochs=3, bspline=False) if args.quick else \
         dict(steps=args.steps, feature_epochs=args.feature_epochs, lambda_factors=(0.25, 1.0, 4.0, 16.0))
-    result = run_comparison_em(losses, both_directions=args.both_directions, **kw)
+    result = run_comparison_em(losses, both_directions=args.both_directions, levels=args.levels, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     g = "x".join(str(n) for n in s["network_grid"])
     header = (f"Serial-section EM registration (ISBI 2012), {len(s['pairs'])} consecutive pairs of held-out sections "
               f"16..29, per-pair instance optimisation\n\nDisplacement optimised on the {g} grid ({s['factor']}x "
-              f"block-averaged, {s['steps']} Adam steps, lr {s['lr']}); lambda per loss from "
+              f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
+              f"lambda per loss from "
               f"{len(s['lambda_factors'])} values, the smallest with folding < 1% on the first pair "
               f"{s['calibration_pair']} (no labels read). DeepSim feature nets trained on sections 0..13 "
               f"({s['feature_epochs']} epochs). 'mean Dice' = Dice of the warped membrane mask vs the fixed "

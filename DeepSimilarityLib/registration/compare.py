@@ -33,7 +33,7 @@ def collect(per_pair: list[dict]) -> dict:
 
 def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre: dict, lambda_factors,
                    steps: int, lr: float, calibration: int = 0, folding_limit: float = FOLDING_LIMIT,
-                   log=print) -> dict:
+                   levels: int = 1, log=print) -> dict:
     """``{loss name: result}`` for instance optimisation of every pair with every loss.
 
     Args:
@@ -41,6 +41,7 @@ def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre:
         score: ``score(ddf, pair) -> {"dice", "dice_per_label", "folding"}``.
         feature_net_for: ``(mode, pair) -> FeatureNet``, the DeepSim net allowed for that pair.
         calibration: index into ``pairs`` of the pair the lambda sweep runs on.
+        levels: coarse-to-fine levels of :func:`~.instance.optimise_displacement`.
     """
     if any(name == "ncc-sup" for name in losses):
         raise ValueError("ncc-sup needs the pair's labels during optimisation; it has no place in instance "
@@ -50,7 +51,7 @@ def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre:
     def run(name, lam, pair):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         loss = make_loss(name, dims, feature_net_for(mode, pair) if mode else None)
-        ddf, hist = optimise_displacement(images[pair[0]], images[pair[1]], loss, lam, steps, lr)
+        ddf, hist = optimise_displacement(images[pair[0]], images[pair[1]], loss, lam, steps, lr, levels=levels)
         return dict(score(ddf, pair), seconds=hist["seconds"])
 
     out = {}

@@ -6,7 +6,8 @@ Protocol:
   interior, ae: reconstruction); section 14..15 are a gap; consecutive pairs among sections
   16..29 are evaluated (``section k+1 -> section k``, 13 pairs; ``both_directions`` adds the reverse);
 * images block-averaged by ``factor`` (2: 256x256); a displacement is optimised per pair and loss
-  (:mod:`.compare`: lambda from a label-free folding rule on the first pair);
+  (:mod:`.compare`: lambda from a label-free folding rule on the first pair), with ``levels``
+  coarse-to-fine levels (the benchmark: 2, i.e. 128x128 then 256x256);
 * Dice of the nearest-warped **membrane** mask against the fixed section's membranes on the full
   512x512 grid (not of the cells' connected components); folding on the optimisation grid;
   "affine only" = identity (the stack is already aligned); B-spline MI on the same images.
@@ -45,13 +46,14 @@ def membrane_score(ddf: torch.Tensor, moving: np.ndarray, fixed: np.ndarray) -> 
 
 def run_comparison_em(losses, factor: int = 2, steps: int = 100, lr: float = 0.1, lambda_factors=LAMBDA_FACTORS,
                       feature_epochs: int = 30, feature_lr: float = 3e-3, both_directions: bool = False,
-                      bspline: bool = True, seed: int = 0, log=print) -> dict:
+                      bspline: bool = True, levels: int = 1, seed: int = 0, log=print) -> dict:
     """Every loss on every evaluated pair; result dict in the layout :mod:`.report` reads."""
     torch.manual_seed(seed)
     sections, membranes = load_em_sections("train")
     images = list(downsample(sections, factor)[:, None])  # each (1, 1, h, w)
     pairs = em_pairs(both_directions)
     out = {"setup": {"grid": list(sections.shape[1:]), "network_grid": list(images[0].shape[2:]), "factor": factor,
+                     "levels": levels,
                      "pairs": [f"{m} -> {f}" for m, f in pairs], "steps": steps, "lr": lr,
                      "lambda_factors": list(lambda_factors), "calibration_pair": f"{pairs[0][0]} -> {pairs[0][1]}",
                      "folding_limit": FOLDING_LIMIT, "feature_sections": list(FEATURE_SECTIONS),
@@ -74,7 +76,7 @@ def run_comparison_em(losses, factor: int = 2, steps: int = 100, lr: float = 0.1
         log(f"feature net {mode}: {hist['seconds']:.0f} s, loss {hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")
     out["setup"]["feature_nets"] = info
     out["losses"] = compare_losses(losses, images, pairs, score_pair, lambda mode, p: nets[mode], LAMBDA_CENTRE,
-                                   lambda_factors, steps, lr, 0, log=log)
+                                   lambda_factors, steps, lr, 0, levels=levels, log=log)
     if bspline:
         out["bspline_mi"] = bspline_runs(images, pairs, score_pair, log=log)
     return out
