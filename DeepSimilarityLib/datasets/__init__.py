@@ -20,7 +20,8 @@ from .visible_male import load_visible_male
 
 __all__ = [
     "CHESTXRAY14_LABELS", "CTMRSlices", "DROPPED_PATIENTS", "FundusSet", "MultiLabelSet", "OasisSubject",
-    "SlicePair", "check_patient_split", "label_ids", "load_ants_slices", "load_em_sections", "load_fundus", "load_multilabel_csv",
+    "SlicePair", "check_patient_split", "label_ids", "load_ants_slices", "load_em_sections", "load_fundus",
+    "load_multilabel_csv",
     "load_nih1000", "load_oasis", "load_pneumoniamnist", "load_visible_male", "load_vxm_scan", "oasis_subjects",
     "seg35_to_freesurfer", "split_by_patient", "split_indices_by_patient", "vxm_seg_as_seg35",
 ]
