@@ -25,12 +25,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv=None):
-    from DeepSimilarityLib.registration.losses import LOSSES
+    from DeepSimilarityLib.registration.losses import CROSS_MODALITY, LOSSES
     from DeepSimilarityLib.registration.report import run_and_report
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 epochs, one lambda, 8 B-spline pairs: a smoke run (~3 min)")
-    p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ", ".join(LOSSES))
+    brain = [name for name in LOSSES if name not in CROSS_MODALITY]
+    p.add_argument("--losses", default=",".join(brain), help="comma-separated subset of " + ", ".join(brain))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))

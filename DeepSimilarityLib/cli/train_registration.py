@@ -35,7 +35,7 @@ def add_parsers(kinds):
     f.set_defaults(func=run_train_features)
 
 
-# The names of registration.losses.LOSSES (kept here so that --help does not import torch/MONAI; a test checks).
+# The names of registration.losses.LOSSES less the CT/MR ones, which the brain slices cannot train (kept here so that --help does not import torch/MONAI; a test checks).
 LOSS_NAMES = ["mse", "ncc", "ncc-sup", "nmi", "mind", "deepsim-seg", "deepsim-ae"]
 # lambda chosen on the validation slices in benchmarks/results/registration_2d.md
 DEFAULT_LAMBDA = {"mse": 0.0025, "ncc": 0.25, "ncc-sup": 1.0, "nmi": 1.2, "mind": 4.0, "deepsim-seg": 0.075,

@@ -5,7 +5,11 @@
 * :mod:`.network`: the registration U-Net, the spatial transformer, the diffusion regulariser;
 * :mod:`.train`: training on (moving, fixed) pairs;
 * :mod:`.evaluate`: Dice, Jacobian determinant and folding;
-* :mod:`.apply`: registering two volumes of any grid (affine first, then the network).
+* :mod:`.apply`: registering two volumes of any grid (affine first, then the network);
+* :mod:`.instance`, :mod:`.compare`: per-pair instance optimisation of a displacement and the
+  comparison protocol built on it (:mod:`.experiment3d`: 3D brain pairs, :mod:`.experiment_em`:
+  serial-section EM);
+* :mod:`.ctmr_loss`: the learned CT/MR patch similarity as a 2D loss (``ctmr-learned``).
 
 Tensors are ``(B, C, H, W)`` in 2D and ``(B, C, D, H, W)`` in 3D, in the array order of
 :class:`~DeepSimilarityLib.image_io.Volume` (``(z, y, x)``); displacements are in voxels of

@@ -54,9 +54,24 @@ def split_slices(split: str, z_range=Z_RANGE) -> list[int]:
 
 
 def downsample(images: np.ndarray, factor: int) -> torch.Tensor:
-    """``(N, H, W)`` float -> ``(N, 1, H/f, W/f)`` tensor by block averaging (f = 1 keeps the grid)."""
+    """``(N, H, W[, D])`` float -> ``(N, 1, H/f, W/f[, D/f])`` tensor by block averaging (f = 1 keeps the grid)."""
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    return F.avg_pool2d(t, factor) if factor > 1 else t
+    pool = F.avg_pool2d if t.ndim == 4 else F.avg_pool3d
+    return pool(t, factor) if factor > 1 else t
+
+
+def volume_pairs(vols: BrainVolumes) -> list[tuple[int, int]]:
+    """The six directed 3D pairs ``(moving idx, fixed idx)`` between the three subjects."""
+    n = len(vols.names)
+    return [(m, f) for m in range(n) for f in range(n) if m != f]
+
+
+def third_subject(pair, n: int = 3) -> int:
+    """The subject in neither image of ``pair``: the only one whose labels may train the pair's feature net."""
+    rest = [s for s in range(n) if s not in pair]
+    if len(rest) != 1:
+        raise ValueError(f"pair {pair} of {n} subjects leaves {len(rest)} subjects, not one")
+    return rest[0]
 
 
 def slice_pairs(vols: BrainVolumes, split: str, offsets=(0,)) -> list[tuple]:

@@ -25,7 +25,10 @@ LOSSES = {
     "mind": "MIND-SSC descriptors compared by mean squared difference, multimodal",
     "deepsim-seg": "DeepSim: cosine similarity of segmentation-trained feature maps",
     "deepsim-ae": "DeepSim: cosine similarity of autoencoder feature maps",
+    "ctmr-learned": "learned CT/MR patch similarity (fixed = CT, moving = MR), 2D only",
 }
+# Losses with fixed roles for the two images (fixed modality, moving modality): not for the brain MR benchmarks.
+CROSS_MODALITY = {"ctmr-learned": ("CT", "MR")}
 
 
 class DeepSimLoss(nn.Module):
@@ -135,9 +138,15 @@ class NCCSupervised(nn.Module):
 
 
 def make_loss(name: str, spatial_dims: int, feature_net: nn.Module | None = None) -> nn.Module:
-    """The loss called ``name`` (see :data:`LOSSES`); DeepSim losses need their ``feature_net``."""
+    """The loss called ``name`` (see :data:`LOSSES`); DeepSim losses need their ``feature_net``.
+
+    ``ctmr-learned`` takes a :class:`~DeepSimilarityLib.ctmr.similarity_net.PatchSimilarityNet` as
+    ``feature_net`` and otherwise loads the shipped ``weights/ctmr_similarity.pt``.
+    """
     if name not in LOSSES:
         raise InputError("loss", f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    if name == "ctmr-learned":
+        return _ctmr_learned(spatial_dims, feature_net)
     if name == "mse":
         return _ImageOnly(nn.MSELoss())
     if name == "ncc":
@@ -156,6 +165,20 @@ def make_loss(name: str, spatial_dims: int, feature_net: nn.Module | None = None
     if getattr(feature_net, "dims", spatial_dims) != spatial_dims:
         raise InputError("features", f"feature network is {feature_net.dims}D but the images are {spatial_dims}D")
     return DeepSimLoss(feature_net)
+
+
+def _ctmr_learned(spatial_dims: int, net: nn.Module | None) -> nn.Module:
+    from ..ctmr.similarity_net import PatchSimilarityNet, load_net
+    from ..paths import weights_dir
+    from .ctmr_loss import LearnedCTMRLoss
+
+    if spatial_dims != 2:
+        raise InputError("ctmr-learned", f"the CT/MR patch net is 2D; got {spatial_dims}D images")
+    if net is None:
+        net = load_net(weights_dir() / "ctmr_similarity.pt")
+    elif not isinstance(net, PatchSimilarityNet):
+        raise InputError("features", "the ctmr-learned loss needs a CT/MR patch similarity net")
+    return LearnedCTMRLoss(net)
 
 
 def needs_labels(name: str) -> bool:

@@ -27,14 +27,15 @@ def rows(result: dict) -> list[dict]:
     return out
 
 
-def markdown_table(result: dict) -> str:
-    lines = ["| method | mean Dice | std | folding % | lambda | ms / pair | paper Dice (3D) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def markdown_table(result: dict, paper: bool = True) -> str:
+    """The table; ``paper`` adds the paper's 3D brain Dice column (meaningless for other data)."""
+    lines = ["| method | mean Dice | std | folding % | lambda | ms / pair |" + (" paper Dice (3D) |" if paper else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if paper else "")]
     for r in rows(result):
         lam = "" if r["lambda"] is None else f"{r['lambda']:g}"
-        paper = "" if r["paper"] is None else f"{r['paper']:.3f}"
+        ref = "" if r["paper"] is None else f"{r['paper']:.3f}"
         lines.append(f"| {r['method']} | {np.mean(r['dice']):.3f} | {np.std(r['dice']):.3f} | "
-                     f"{100 * np.mean(r['folding']):.3f} | {lam} | {r['ms']:.1f} | {paper} |")
+                     f"{100 * np.mean(r['folding']):.3f} | {lam} | {r['ms']:.1f} |" + (f" {ref} |" if paper else ""))
     return "\n".join(lines)
 
 
@@ -58,17 +59,21 @@ def box_plot(result: dict, path: Path, title: str):
     plt.close(fig)
 
 
-def write_report(result: dict, out_dir, stem: str, header: str) -> str:
-    """Writes ``stem.json``, ``stem.md`` and ``stem.png`` into ``out_dir``; returns the markdown."""
+def write_report(result: dict, out_dir, stem: str, header: str, title: str | None = None, paper: bool = True) -> str:
+    """Writes ``stem.json``, ``stem.md`` and ``stem.png`` (box plot titled ``title``) into ``out_dir``.
+
+    ``paper``: the table's column of the paper's 3D brain Dice. Returns the markdown.
+    """
     out_dir = Path(out_dir)
-    table = markdown_table(result)
+    table = markdown_table(result, paper)
     text = header + "\n\n" + table + "\n"
     with atomic_output(out_dir / f"{stem}.md") as tmp:
         Path(tmp).write_text(text)
     plain = {k: v for k, v in result.items() if k not in ("nets", "features")}
     write_json(plain, out_dir / f"{stem}.json")
-    box_plot(result, out_dir / f"{stem}.png", f"2D brain MR slices, {len(result['affine_only']['dice'])} held-out "
-                                               "pairs: mean Dice per pair (triangle: mean)")
+    title = title or (f"2D brain MR slices, {len(result['affine_only']['dice'])} held-out pairs: mean Dice per pair "
+                      "(triangle: mean)")
+    box_plot(result, out_dir / f"{stem}.png", title)
     return text
 
 
