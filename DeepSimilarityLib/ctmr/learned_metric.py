@@ -9,8 +9,9 @@ and far slower on others, so ``precision="auto"`` times both once and keeps
 the faster. The last layer (to the two outputs) always runs in float32.
 
 With per-patch normalisation (``patch_norm="patch"``) a window ``p`` enters
-as ``(p - min) / span``; the subtraction is done before the product (no
-cancellation in bfloat16) and the division after it, on the ``H1`` outputs.
+as ``(p - min) / span``, computed in float32 before rounding to the compute
+precision; the windows' minima and maxima are taken one axis at a time over
+the region (separable), not per unfolded row.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class LearnedPatchMetric(PatchMetric):
             v = self.patch_voxels
             self._w_ct = first.weight[:, :v].detach().clone()  # (H1, V)
             self._b_first = first.bias.detach().clone()  # (H1,)
-            self._half_row_sums = 0.5 * first.weight[:, v:].sum(1)  # (H1,): the first layer on a constant patch
             self._float = {"w_mr": first.weight[:, v:].detach().clone(),  # (H1, V)
                            "layers": [(l.weight.detach().clone(), l.bias.detach().clone()) for l in net.hidden[1:]]}
             # Only v1 - v2 is needed: the output layer collapses to one row.
@@ -74,6 +74,7 @@ class LearnedPatchMetric(PatchMetric):
             self._b_out = (net.out.bias[0] - net.out.bias[1]).detach().clone()
         self._weights = {torch.float32: self._float}
         self._dtype: torch.dtype | None = None if precision == "auto" else getattr(torch, precision)
+        self._work: dict | None = None  # see _buffers
 
     @classmethod
     def from_file(cls, path, **kwargs) -> "LearnedPatchMetric":
@@ -86,23 +87,47 @@ class LearnedPatchMetric(PatchMetric):
                                     "layers": [(w.to(dtype), b.to(dtype)) for w, b in f["layers"]]}
         return self._weights[dtype]
 
-    def _score_rows(self, mr: torch.Tensor, ct_part: torch.Tensor, dtype) -> torch.Tensor:
-        """Scores ``(m,)`` float32 of MR patches ``(m, V)`` given the CT half ``(H1,)`` of layer 1."""
+    def _buffers(self, m: int, dtype) -> dict:
+        """Work tensors for ``m`` rows, kept between calls.
+
+        Why: every fresh multi-megabyte tensor is new memory that the OS maps page by page on first
+        touch, which cost about as much as the matrix products themselves for an 81x81 map.
+        """
+        have = self._work
+        if have is None or have["dtype"] != dtype or have["x"].shape[0] < m:
+            sizes = [self._b_first.shape[0]] + [b.shape[0] for _, b in self._float["layers"]]
+            have = self._work = {"dtype": dtype, "x": torch.empty(m, self.patch_voxels),
+                                 "xq": torch.empty(m, self.patch_voxels, dtype=dtype),
+                                 "h": [torch.empty(m, n, dtype=dtype) for n in sizes]}
+        return {"x": have["x"][:m], "xq": have["xq"][:m], "h": [h[:m] for h in have["h"]]}
+
+    def _score_rows(self, mr: torch.Tensor, ct_part: torch.Tensor, dtype, low=None, span=None) -> torch.Tensor:
+        """Scores ``(m,)`` float32 of MR patches ``(..., *patch)`` (m patches) given the CT half ``(H1,)`` of layer 1.
+
+        With per-patch normalisation, ``low`` and ``span`` ``(m, 1)`` float32 are the patches' minimum
+        and range when the caller has them (computed here otherwise).
+        """
         w = self._weights_in(dtype)
+        m = mr.numel() // self.patch_voxels
+        buf = self._buffers(m, dtype)
         if self.per_patch:
-            low = mr.amin(1, keepdim=True)
-            span = (mr.amax(1, keepdim=True) - low).float()
-            scale = torch.where(span > 0, 1.0 / span.clamp_min(1e-12), 0.0)  # (m, 1)
-            h = F.linear((mr - low).to(dtype), w["w_mr"]).float().mul_(scale).add_(ct_part)
+            x = buf["x"]
+            x.view(mr.shape).copy_(mr)
+            if low is None:
+                low = x.amin(1, keepdim=True)
+                span = x.amax(1, keepdim=True) - low
+            # Normalised in float32 and rounded once: the same inputs as minmax_rows gives the net.
+            x.sub_(low).mul_(torch.where(span > 0, 1.0 / span.clamp_min(1e-12), 0.0))
             constant = (span[:, 0] <= 0).nonzero()[:, 0]
-            if constant.numel():  # rare: only these rows get the constant patch's input (0.5 everywhere)
-                h[constant] += self._half_row_sums
-            h = torch.sigmoid_(h).to(dtype)
+            if constant.numel():
+                x[constant] = 0.5
+            buf["xq"].copy_(x)
         else:
-            h = torch.sigmoid_(F.linear(mr.to(dtype), w["w_mr"], ct_part.to(dtype)))
-        for weight, bias in w["layers"]:
-            h = torch.sigmoid_(F.linear(h, weight, bias))
-        return torch.addmv(self._b_out.expand(h.shape[0]), h.float(), self._w_out)
+            buf["xq"].view(mr.shape).copy_(mr)
+        h = torch.sigmoid_(torch.addmm(ct_part.to(dtype), buf["xq"], w["w_mr"].t(), out=buf["h"][0]))
+        for (weight, bias), out in zip(w["layers"], buf["h"][1:]):
+            h = torch.sigmoid_(torch.addmm(bias, h, weight.t(), out=out))
+        return torch.addmv(self._b_out.expand(m), h.float(), self._w_out)
 
     def resolved_precision(self) -> str:
         """The precision in use; ``"auto"`` is settled here by timing both on a dummy input."""
@@ -139,10 +164,18 @@ class LearnedPatchMetric(PatchMetric):
                 ct_flat = minmax_rows(ct_flat[None])[0]
             ct_part = torch.addmv(self._b_first, self._w_ct, ct_flat)
             # Unfold the region in the compute precision: each block of patches is copied once, already converted.
-            windows = torch.from_numpy(mr_region).to(dtype)
+            region = torch.from_numpy(mr_region)
+            windows = region if self.per_patch else region.to(dtype)  # per-patch: normalised before rounding
             for axis, p in enumerate(ct_patch.shape):
                 windows = windows.unfold(axis, p, 1)  # -> (*positions, *patch)
+            lows = spans = None
+            if self.per_patch:  # every window's min and max, one axis at a time: far cheaper than per row
+                lows, highs = region, region
+                for axis, p in enumerate(ct_patch.shape):
+                    lows, highs = lows.unfold(axis, p, 1).amin(-1), highs.unfold(axis, p, 1).amax(-1)
+                spans = highs - lows
             for index in _row_blocks(scores.shape, rows):
-                block = windows[index].reshape(-1, self.patch_voxels)
-                scores[index] = self._score_rows(block, ct_part, dtype).numpy().reshape(scores[index].shape)
+                extra = (lows[index].reshape(-1, 1), spans[index].reshape(-1, 1)) if self.per_patch else ()
+                scores[index] = self._score_rows(windows[index], ct_part, dtype, *extra).numpy().reshape(
+                    scores[index].shape)
         return scores

@@ -192,3 +192,19 @@ def test_per_patch_normalisation_is_applied_in_the_fast_map_and_ignores_grey_val
     # Another window/level of either image leaves the map unchanged.
     rescaled = LearnedPatchMetric(net, precision="float32").score_map(0.2 + 0.5 * ct, 0.1 + 0.8 * mr)
     np.testing.assert_allclose(rescaled, fast, atol=1e-4)
+
+
+def test_work_buffers_reused_across_sizes_precisions_and_chunks_change_nothing():
+    """One metric object serves maps of different sizes, both precisions and ragged last blocks in turn."""
+    rng = np.random.default_rng(3)
+    net = PatchSimilarityNet({"patch_voxels": 25, "layers": [50, 20, 10], "patch_norm": "patch"},
+                             torch.Generator().manual_seed(2))
+    ct = rng.random((5, 5)).astype(np.float32)
+    regions = [rng.random((s, s)).astype(np.float32) for s in (14, 9, 20)]
+    regions[1][2:8, 2:8] = 0.7  # constant windows inside a reused buffer that held other values
+    shared = LearnedPatchMetric(net, precision="float32", chunk_elements=50 * 7)  # 7 rows: ragged last block
+    for precision in ("float32", "bfloat16", "float32"):
+        shared._dtype = getattr(torch, precision)
+        for region in regions:
+            fresh = LearnedPatchMetric(net, precision=precision).score_map(ct, region)
+            np.testing.assert_allclose(shared.score_map(ct, region), fresh, atol=1e-2 if precision == "bfloat16" else 1e-5)
