@@ -15,25 +15,22 @@ Lambda factors 0.25..16 of the shared centres: a quick run folded 2-5% at the ce
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from DeepSimilarityLib.paths import has_shared_data
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_LOSSES = "mse,ncc,nmi,mind,deepsim-seg,deepsim-ae"
 
 
 def main(argv=None):
-    from DeepSimilarityLib.registration.experiment_em import run_comparison_em
-    from DeepSimilarityLib.registration.report import write_report
+    from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
+    from DeepSimilarityLib.registration.experiment_em import run_and_report_em
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="20 steps, one lambda, 3 feature epochs, no B-spline")
-    p.add_argument("--losses", default=DEFAULT_LOSSES, help="comma-separated subset of " + DEFAULT_LOSSES)
+    p.add_argument("--losses", default=",".join(INSTANCE_LOSSES), help="comma-separated subset of the default")
     p.add_argument("--steps", type=int, default=100, help="Adam steps per pair and loss")
     p.add_argument("--feature-epochs", type=int, default=30)
     p.add_argument("--levels", type=int, default=2, help="coarse-to-fine levels of the optimisation (1: single grid)")
@@ -45,28 +42,8 @@ def main(argv=None):
         return 2
     torch.set_num_threads(1)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    losses = [s.strip() for s in args.losses.split(",")]
-    t0 = time.perf_counter()
-    kw = dict(steps=20, lambda_factors=(1.0,), feature_epochs=3, bspline=False) if args.quick else \
-        dict(steps=args.steps, feature_epochs=args.feature_epochs, lambda_factors=(0.25, 1.0, 4.0, 16.0))
-    result = run_comparison_em(losses, both_directions=args.both_directions, levels=args.levels, **kw)
-    s = result["setup"]
-    s["minutes_total"] = (time.perf_counter() - t0) / 60
-    g = "x".join(str(n) for n in s["network_grid"])
-    header = (f"Serial-section EM registration (ISBI 2012), {len(s['pairs'])} consecutive pairs of held-out sections "
-              f"16..29, per-pair instance optimisation\n\nDisplacement optimised on the {g} grid ({s['factor']}x "
-              f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
-              f"lambda per loss from "
-              f"{len(s['lambda_factors'])} values, the smallest with folding < 1% on the first pair "
-              f"{s['calibration_pair']} (no labels read). DeepSim feature nets trained on sections 0..13 "
-              f"({s['feature_epochs']} epochs). 'mean Dice' = Dice of the warped membrane mask vs the fixed "
-              f"section's membranes on the full {'x'.join(str(n) for n in s['grid'])} grid; 'affine only' = "
-              f"identity (the stack is pre-aligned); folding on the optimisation grid; time per pair on one CPU "
-              f"thread. {s['minutes_total']:.1f} min in all.")
-    stem = "registration_em_quick" if args.quick else "registration_em"
-    title = f"ISBI 2012 EM, {len(s['pairs'])} consecutive held-out pairs: membrane Dice per pair (triangle: mean)"
-    print(write_report(result, args.out_dir, stem, header, title, paper=False))
-    print(f"identity {np.mean(result['affine_only']['dice']):.3f}; wrote {Path(args.out_dir) / stem}.json, .md, .png")
+    run_and_report_em([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps,
+                      args.feature_epochs, args.levels, args.both_directions)
     return 0
 
 

@@ -19,10 +19,13 @@ from .instance import optimise_displacement
 from .losses import make_loss
 
 FOLDING_LIMIT = 0.01
-# Diffusion weight per loss for instance optimisation (the losses' scales differ by orders of magnitude);
-# the 2D benchmark's centres, which a pilot on the 3D calibration pair confirmed as a usable middle.
-LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3, "deepsim-ae": 0.3}
+# Centre of the lambda grid per loss (the losses' scales differ by orders of magnitude), for the 2D network
+# benchmark and instance optimisation alike; a pilot on the 3D calibration pair confirmed it as a usable middle.
+LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
+                 "deepsim-ae": 0.3}
 LAMBDA_FACTORS = (0.25, 1.0, 4.0)
+# The losses instance optimisation compares: every label-free one (NCC_sup needs the labels it is scored on).
+INSTANCE_LOSSES = ("mse", "ncc", "nmi", "mind", "deepsim-seg", "deepsim-ae")
 
 
 def collect(per_pair: list[dict]) -> dict:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..image_io import Volume
 from .bspline import register_bspline, transform_to_displacement
+from .compare import LAMBDA_CENTRE, LAMBDA_FACTORS
 from .data import load_brain_volumes, slice_pairs, split_slices, stack_pairs, downsample
 from .evaluate import dice_scores, folding_fraction
 from .feature_net import train_feature_net
@@ -22,10 +23,6 @@ from .losses import make_loss
 from .network import RegistrationNet, resize_displacement, warp_nearest
 from .train import train_registration
 
-# lambda grid per loss: the losses' scales differ by orders of magnitude, so each has its own centre.
-LAMBDA_CENTRE = {"mse": 0.01, "ncc": 1.0, "ncc-sup": 1.0, "nmi": 0.3, "mind": 1.0, "deepsim-seg": 0.3,
-                 "deepsim-ae": 0.3}
-LAMBDA_FACTORS = (0.25, 1.0, 4.0)
 # Intensity convention of the training slices, for registering other images (see apply._unit): the 99th
 # percentile of a training slice's foreground lies at 0.38-0.50, median 0.43.
 TRAINING_INTENSITY = {"percentile": 99, "value": 0.43}

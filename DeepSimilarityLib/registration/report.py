@@ -85,7 +85,8 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
     """
     import time
 
-    from .experiment import LAMBDA_FACTORS, run_comparison, save_trained
+    from .compare import LAMBDA_FACTORS
+    from .experiment import run_comparison, save_trained
 
     epochs = 2 if quick else epochs
     t0 = time.perf_counter()

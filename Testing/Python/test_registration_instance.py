@@ -140,3 +140,54 @@ def test_report_without_paper_column():
     assert "paper" in markdown_table(result) and "0.666" in markdown_table(result)
     table = markdown_table(result, paper=False)
     assert "paper" not in table and "| mse | 0.550 |" in table
+
+
+def _fake_result(setup):
+    scores = {"dice": [0.3, 0.4], "dice_per_label": [{}, {}], "folding": [0.0, 0.0]}
+    loss = dict(scores, dice=[0.5, 0.6], folding=[0.001, 0.0], **{"lambda": 0.3, "seconds_per_pair": 1.5, "sweep": []})
+    return {"setup": setup, "affine_only": scores, "losses": {"mse": loss}}
+
+
+@pytest.mark.parametrize("data", ["brain3d", "em"])
+def test_cli_evaluate_registration_instance_protocols_write_their_report(data, tmp_path, monkeypatch, capsys):
+    """``deepsim evaluate registration --data brain3d|em`` runs the protocol and writes table, JSON and box plot."""
+    require_data("microscopy/train" if data == "em" else "brain-mr/oasis")
+    from DeepSimilarityLib.cli import main
+    from DeepSimilarityLib.registration import experiment3d, experiment_em
+
+    seen = {}
+    setup = {"grid": [8, 8], "network_grid": [4, 4], "factor": 2, "pairs": ["1 -> 0", "2 -> 1"], "steps": 20,
+             "lr": 0.1, "lambda_factors": [1.0], "calibration_pair": "1 -> 0", "feature_steps": 10,
+             "feature_epochs": 3, "levels": 2}
+
+    def fake_run(losses, **kw):
+        seen.update(kw, losses=losses)
+        return _fake_result(dict(setup))
+
+    module, stem = (experiment_em, "registration_em_quick") if data == "em" else (experiment3d, "registration_3d_quick")
+    monkeypatch.setattr(module, "run_comparison_em" if data == "em" else "run_comparison_3d", fake_run)
+    assert main(["evaluate", "registration", "--data", data, "--quick", "--losses", "mse", "--threads", "1",
+                 "--out-dir", str(tmp_path)]) == 0
+    assert seen["losses"] == ["mse"] and seen["steps"] == 20 and seen["bspline"] is False
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / f"{stem}.{ext}").stat().st_size > 0
+    table = (tmp_path / f"{stem}.md").read_text()
+    assert "| mse | 0.550 |" in table and ("paper" in table) == (data == "brain3d")
+
+
+def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
+    from DeepSimilarityLib.cli import main
+    from DeepSimilarityLib.cli.train_registration import LOSS_NAMES
+
+    assert list(compare.INSTANCE_LOSSES) == [n for n in LOSS_NAMES if n != "ncc-sup"]  # the CLI's copy agrees
+    cases = [(["--data", "brain3d", "--losses", "ncc-sup"], "--losses"),
+             (["--data", "em", "--steps", "0"], "--steps"),
+             (["--data", "em", "--save-weights", str(tmp_path)], "--save-weights"),
+             (["--data", "lung"], None)]
+    for argv, text in cases:
+        if text is None:
+            with pytest.raises(SystemExit):
+                main(["evaluate", "registration"] + argv)
+            continue
+        assert main(["evaluate", "registration"] + argv) == 2, argv
+        assert text in capsys.readouterr().err
