@@ -208,3 +208,16 @@ def test_work_buffers_reused_across_sizes_precisions_and_chunks_change_nothing()
         for region in regions:
             fresh = LearnedPatchMetric(net, precision=precision).score_map(ct, region)
             np.testing.assert_allclose(shared.score_map(ct, region), fresh, atol=1e-2 if precision == "bfloat16" else 1e-5)
+
+
+def test_linear_sigmoid_fused_and_plain_paths_agree(monkeypatch):
+    from DeepSimilarityLib.ctmr import learned_metric
+
+    gen = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(40, 30, generator=gen), torch.randn(20, 30, generator=gen), torch.randn(20, generator=gen)
+    reference = torch.sigmoid(x @ w.T + b)
+    learned_metric.linear_sigmoid(x, w, b, torch.empty(40, 20))  # settles whether this build has the fused op
+    for works in {learned_metric._FUSED_WORKS[torch.float32], False}:  # the path in use, and the fallback forced
+        monkeypatch.setitem(learned_metric._FUSED_WORKS, torch.float32, works)
+        got = learned_metric.linear_sigmoid(x, w, b, torch.empty(40, 20))
+        torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
