@@ -23,9 +23,16 @@ def skull_edge_mask(ct: np.ndarray, threshold: float = 0.95, near: int = 2) -> n
     """Voxels on or within ``near`` voxels of a bone edge of a [0, 1] CT.
 
     Bone is ``ct >= threshold`` (the CT slices are windowed for soft tissue, so
-    bone saturates near 1); tiny specks are ignored.
+    bone saturates near 1); tiny specks are ignored. At low resolution the skull
+    can be one or two voxels thin and the opening that drops specks would drop
+    it too: then only connected pieces smaller than 8 voxels are dropped.
     """
-    bone = ndimage.binary_opening(np.asarray(ct) >= threshold)
+    raw = np.asarray(ct) >= threshold
+    bone = ndimage.binary_opening(raw)
+    if not bone.any() and raw.any():
+        pieces, n = ndimage.label(raw, np.ones((3,) * raw.ndim))
+        sizes = np.bincount(pieces.ravel())
+        bone = (sizes >= 8)[pieces] & raw
     if not bone.any():
         return bone
     edge = bone ^ ndimage.binary_erosion(bone)

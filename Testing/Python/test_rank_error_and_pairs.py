@@ -43,6 +43,19 @@ def test_skull_edge_mask_lies_on_the_skull(phantom_pair):
     assert near_bone[edge].mean() > 0.9
 
 
+def test_thin_skull_of_a_small_phantom_is_kept_and_specks_are_not():
+    ph = make_head_phantom((64, 64), seed=0)  # the skull is 1-2 voxels thin here
+    ct, mr = normalise_intensity(ph.ct.array), normalise_intensity(ph.mr.array)
+    edge = skull_edge_mask(ct, near=0)
+    assert edge.sum() > 20
+    assert np.isin(ph.labels.array, [LABELS["skull"], LABELS["diploe"]])[edge].mean() > 0.9
+    assert len(pairs_from_slices([(ct, mr)], n_positive=40)) == 80
+    specks = np.zeros((64, 64), np.float32)
+    specks[10, 10:13] = 1.0  # 3 voxels of "bone": noise, not a skull
+    specks[40:42, 40] = 1.0
+    assert not skull_edge_mask(specks).any()
+
+
 def test_pairs_are_balanced_and_positives_match(phantom_pair):
     ct, mr, _ = phantom_pair
     pairs = make_pairs(ct, mr, 50, np.random.default_rng(0))
