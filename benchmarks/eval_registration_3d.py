@@ -33,6 +33,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100, help="Adam steps per pair and loss")
     p.add_argument("--feature-steps", type=int, default=120, help="training steps of each 3D feature net")
     p.add_argument("--factor", type=int, default=4, help="block-averaging factor of the optimisation grid")
+    p.add_argument("--levels", type=int, default=2, help="coarse-to-fine levels of the optimisation (1: single grid)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if not has_shared_data("brain-mr/oasis"):
@@ -41,7 +42,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps,
-                      args.feature_steps, args.factor)
+                      args.feature_steps, args.factor, args.levels)
     return 0
 
 

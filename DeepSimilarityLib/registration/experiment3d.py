@@ -65,7 +65,7 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
 
 def run_comparison_3d(losses, factor: int = 4, steps: int = 100, lr: float = 0.1, lambda_factors=LAMBDA_FACTORS,
                       feature_steps: int = 150, feature_lr: float = 3e-3, calibration=(0, 1), bspline: bool = True,
-                      seed: int = 0, log=print) -> dict:
+                      levels: int = 1, seed: int = 0, log=print) -> dict:
     """Every loss on every directed pair; result dict in the layout :mod:`.report` reads."""
     torch.manual_seed(seed)
     vols = load_brain_volumes()
@@ -76,7 +76,7 @@ def run_comparison_3d(losses, factor: int = 4, steps: int = 100, lr: float = 0.1
     out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images[0].shape[2:]), "factor": factor,
                      "pairs": names, "steps": steps, "lr": lr, "lambda_factors": list(lambda_factors),
                      "calibration_pair": names[pairs.index(calibration)], "folding_limit": FOLDING_LIMIT,
-                     "feature_steps": feature_steps, "feature_lr": feature_lr, "seed": seed,
+                     "feature_steps": feature_steps, "feature_lr": feature_lr, "seed": seed, "levels": levels,
                      "feature_training": "per pair, the third subject only"}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images[0].shape[2:]))
     affine = [score(zero, vols.labels[m], vols.labels[f]) for m, f in pairs]
@@ -92,14 +92,14 @@ def run_comparison_3d(losses, factor: int = 4, steps: int = 100, lr: float = 0.1
 
     out["losses"] = compare_losses(losses, images, pairs, score_pair,
                                    lambda mode, p: nets[(mode, third_subject(p, subjects))], LAMBDA_CENTRE,
-                                   lambda_factors, steps, lr, pairs.index(calibration), log=log)
+                                   lambda_factors, steps, lr, pairs.index(calibration), levels=levels, log=log)
     if bspline:
         out["bspline_mi"] = bspline_runs(images, pairs, score_pair, log=log)
     return out
 
 
 def run_and_report_3d(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results", steps: int = 100,
-                      feature_steps: int = 120, factor: int = 4, log=print) -> dict:
+                      feature_steps: int = 120, factor: int = 4, levels: int = 2, log=print) -> dict:
     """:func:`run_comparison_3d` and its report ``registration_3d.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``quick``: 20 steps, one lambda, 10 feature steps, no B-spline (a smoke run of a few minutes).
@@ -112,13 +112,14 @@ def run_and_report_3d(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benc
     t0 = time.perf_counter()
     kw = dict(steps=20, lambda_factors=(1.0,), feature_steps=10, bspline=False) if quick else \
         dict(steps=steps, feature_steps=feature_steps)
-    result = run_comparison_3d(list(losses), factor=factor, log=log, **kw)
+    result = run_comparison_3d(list(losses), factor=factor, levels=levels, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     g = "x".join(str(n) for n in s["network_grid"])
     header = (f"3D brain MR registration, six directed pairs of vxm / OASIS 0001 / OASIS 0002, per-pair instance "
               f"optimisation (no registration network)\n\nDisplacement optimised on the {g} grid ({s['factor']}x "
-              f"block-averaged, {s['steps']} Adam steps, lr {s['lr']}); lambda per loss from "
+              f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
+              f"lambda per loss from "
               f"{len(s['lambda_factors'])} values, the smallest with folding < 1% on the calibration pair "
               f"{s['calibration_pair']} (no labels read). DeepSim feature nets: 3D, {s['feature_steps']} steps, "
               f"trained for each pair on the third subject only. Dice over seg35 labels on the full "
