@@ -6,7 +6,7 @@ loss from the 3D instance benchmark (benchmarks/results/registration_3d.json), w
 test pairs is tabled beside the networks'. DeepSim feature nets on the vxm subject only. One thread.
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
-    python benchmarks/eval_registration_3d_net.py [--quick] [--steps 800] [--losses mse,ncc,deepsim-seg]
+    python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
       -> benchmarks/results/registration_3d_net.{json,md,png}   (--quick: registration_3d_net_quick.*)
 """
 
@@ -29,7 +29,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")
     p.add_argument("--losses", default=",".join(INSTANCE_LOSSES), help="comma-separated subset of the default")
-    p.add_argument("--steps", type=int, default=800, help="training samples per net (batch 1)")
+    p.add_argument("--steps", type=int, default=1000, help="training samples per net (batch 1)")
     p.add_argument("--ablation", default="mse", help="losses trained once more without augmentation ('' for none)")
     p.add_argument("--instance", default=str(RESULTS / "registration_3d.json"),
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
