@@ -99,7 +99,8 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
         tenth = int(10 * fraction + 1e-9)
         if tenth not in marks and tenth % 2 == 0 and tenth > 0:
             marks.add(tenth)
-            log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(TRAIN_PAIRS)} steps ({time.perf_counter() - t0:.0f} s)")
+            done = time.perf_counter() - t0
+            log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(TRAIN_PAIRS)} steps ({done:.0f} s)")
 
     net, hist = train_registration(images, torch.tensor(TRAIN_PAIRS), loss, lam, epochs=epochs, batch_size=1, lr=lr,
                                    loss_name=name, seed=seed, augment=aug, on_epoch=progress)

@@ -86,7 +86,8 @@ def test_unknown_or_label_loss_refused_before_loading_data():
 def test_instance_column_reads_the_test_pairs():
     instance = {"setup": {"pairs": ["a -> b", "b -> a", "a -> c"]},
                 "losses": {"mse": {"dice": [0.1, 0.2, 0.3]}}, "affine_only": {"dice": [0.5, 0.6, 0.7]}}
-    assert net3d.instance_on_test_pairs(instance, ["a -> c", "a -> b"]) == {"mse": [0.3, 0.1], "affine only": [0.7, 0.5]}
+    got = net3d.instance_on_test_pairs(instance, ["a -> c", "a -> b"])
+    assert got == {"mse": [0.3, 0.1], "affine only": [0.7, 0.5]}
 
 
 def test_left_right_axis_of_the_real_volumes():
