@@ -46,11 +46,15 @@ def score(ddf: torch.Tensor, moving_labels: np.ndarray, fixed_labels: np.ndarray
             "folding": folding_fraction(ddf[0].numpy())}
 
 
-def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print) -> tuple[dict, dict]:
-    """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject."""
+def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
+                 subjects=None) -> tuple[dict, dict]:
+    """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
+
+    ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
+    """
     nets, info = {}, {}
     for mode in modes:
-        for s in range(len(vols.names)):
+        for s in (range(len(vols.names)) if subjects is None else subjects):
             labels = torch.from_numpy(vols.labels[s][::factor, ::factor, ::factor].astype(np.int64))[None]
             # One volume: an "epoch" is one full-volume step.
             net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,

@@ -16,7 +16,7 @@ from .network import RegistrationNet, regulariser
 def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn.Module, lam: float,
                        epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, labels: torch.Tensor | None = None,
                        loss_name: str = "", net: RegistrationNet | None = None, seed: int = 0, velocity: bool = False,
-                       on_epoch=None, should_stop=None) -> tuple[RegistrationNet, dict]:
+                       augment=None, on_epoch=None, should_stop=None) -> tuple[RegistrationNet, dict]:
     """Minimise ``loss(warped, fixed) + lam * diffusion(ddf)`` over ``pairs``.
 
     Args:
@@ -26,6 +26,9 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         labels: ``(M, 1, ...)`` integer label maps (only ``ncc-sup`` reads them, warped as one-hot).
         net: continue training this net (else a new one with ``velocity``).
         seed: seeds the initial weights and the pair order (deterministic on one thread).
+        augment: ``augment(moving, fixed) -> (moving, fixed)`` applied to every batch ``(B, 1, ...)``
+            before the net sees it, e.g. one random spatial transform for both images of a pair
+            (:func:`~.experiment3d_net.augment_pairs`); images only, so not with a label loss.
         on_epoch: called with the fraction of epochs done; ``should_stop``: polled every step,
             raises :class:`~DeepSimilarityLib.ctmr.sdae.TrainingCancelled`.
     Returns the net in eval mode and ``{"loss": [per epoch], "seconds": ...}``.
@@ -42,6 +45,9 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
     supervised = needs_labels(loss_name)
     if supervised and labels is None:
         raise InputError("labels", f"the {loss_name} loss needs label maps")
+    if supervised and augment is not None:
+        # The labels would have to follow the same random transform; no caller needs that yet.
+        raise InputError("augment", f"augmentation transforms images only; the {loss_name} loss also reads labels")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = net or RegistrationNet(images.ndim - 2, velocity=velocity)
@@ -50,12 +56,16 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
 
     def step_loss(idx):
         m, f = pairs[idx, 0], pairs[idx, 1]
-        warped, ddf = net(images[m], images[f])
+        moving, fixed = images[m], images[f]
+        if augment is not None:
+            with torch.no_grad():
+                moving, fixed = augment(moving, fixed)
+        warped, ddf = net(moving, fixed)
         wl = fl = None
         if supervised:
             wl = net.warp(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
             fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
-        return loss(warped, images[f], wl, fl) + lam * regulariser(ddf)
+        return loss(warped, fixed, wl, fl) + lam * regulariser(ddf)
 
     net.train()
     t0 = time.perf_counter()

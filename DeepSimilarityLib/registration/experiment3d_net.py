@@ -1,0 +1,223 @@
+"""A trained 3D registration network on the brain volumes: train on vxm <-> OASIS, test on OASIS 0001 <-> 0002.
+
+Protocol (the network counterpart of the instance optimisation in :mod:`.experiment3d`):
+
+* images block-averaged by ``factor`` (4: ``(1, 1, 56, 48, 40)``, 4 mm voxels), one
+  :class:`~.network.RegistrationNet` (``spatial_dims=3``) per label-free loss;
+* training pairs: the four directed pairs vxm <-> OASIS 0001 and vxm <-> OASIS 0002, batch 1, Adam
+  lr 3e-3 (a pilot on MSE, 400 steps, chose it by the final training loss: 1e-3 8.7e-4, 3e-3 7.0e-4,
+  1e-2 diverged), 1000 steps: what fits six losses into ~35 min on one thread;
+  every sample gets one random left-right flip and one small random affine (rotation, isotropic
+  scale, shift) applied to BOTH its images, so the pair's own misalignment is kept and the net sees
+  new poses of the same anatomy (:func:`augment_pairs`);
+* test pairs: OASIS 0001 -> 0002 and 0002 -> 0001, never a training pair (but both subjects'
+  images, not labels, are seen in training);
+* DeepSim feature nets (3D, seg and ae) trained on the vxm subject alone (its image and seg35
+  labels), so no label of a test subject is seen by anything;
+* lambda per loss: the one the 3D instance benchmark's label-free folding rule chose
+  (``registration_3d.json``; 0.25 x :data:`~.compare.LAMBDA_CENTRE` for every loss);
+* Dice over the seg35 labels on the full 224x192x160 grid, folding on the network grid
+  (:func:`.experiment3d.score`); inference time = network + upsampling the displacement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .compare import INSTANCE_LOSSES, LAMBDA_CENTRE
+from .data import load_brain_volumes
+from .experiment3d import downsampled, feature_nets, score
+from .losses import make_loss
+from .network import resize_displacement
+from .train import train_registration
+
+TRAIN_PAIRS = ((0, 1), (1, 0), (0, 2), (2, 0))  # (moving, fixed) into [vxm, OASIS 0001, OASIS 0002]
+TEST_PAIRS = ((1, 2), (2, 1))
+FEATURE_SUBJECTS = (0,)  # vxm only
+# Tensor axis of left-right in (B, C, 56, 48, 40): flipping it keeps an OASIS brain correlated 0.95 with
+# itself, the other two axes 0.71-0.72.
+LR_AXIS = 4
+# What the 3D instance benchmark's folding rule chose for every loss (registration_3d.json, "lambda").
+INSTANCE_LAMBDA = {name: 0.25 * LAMBDA_CENTRE[name] for name in INSTANCE_LOSSES}
+
+
+def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator, angle: float = 6.0,
+                  scale: float = 0.06, shift: float = 0.08, flip_axis: int | None = LR_AXIS):
+    """One random transform per sample, the same for both images: ``(B, 1, ...)`` -> same shapes.
+
+    A flip of ``flip_axis`` with probability 1/2, rotations of up to ``angle`` degrees in every
+    axis plane, an isotropic scale in ``1 +- scale``, a shift of up to ``shift`` (in [-1, 1]
+    normalised coordinates, 0.08 = 2 voxels of 50); trilinear, zero outside.
+    """
+    if moving.shape != fixed.shape or moving.ndim not in (4, 5) or moving.shape[1] != 1:
+        raise InputError("images", f"expected two (B, 1, H, W[, D]) batches, got {tuple(moving.shape)} and "
+                                   f"{tuple(fixed.shape)}")
+    b, dims = moving.shape[0], moving.ndim - 2
+    if flip_axis is not None and not 2 <= flip_axis < moving.ndim:
+        raise InputError("flip_axis", f"must be a spatial tensor axis 2..{moving.ndim - 1} or None, not {flip_axis}")
+
+    def uniform(*shape):
+        return 2 * torch.rand(*shape, generator=generator) - 1
+
+    theta = torch.eye(dims).repeat(b, 1, 1)
+    for i in range(dims):
+        for j in range(i + 1, dims):
+            a = uniform(b) * math.radians(angle)
+            rot = torch.eye(dims).repeat(b, 1, 1)
+            rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = a.cos(), -a.sin(), a.sin(), a.cos()
+            theta = rot @ theta
+    theta = theta * (1 + scale * uniform(b, 1, 1))
+    grid = F.affine_grid(torch.cat([theta, shift * uniform(b, dims, 1)], 2), list(moving.shape), align_corners=False)
+    both = F.grid_sample(torch.cat([moving, fixed], 1), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+    if flip_axis is not None:
+        flip = torch.rand(b, generator=generator) < 0.5
+        both[flip] = both[flip].flip(flip_axis)
+    return both[:, :1], both[:, 1:]
+
+
+def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
+                    augment: bool, seed: int, log=print) -> dict:
+    """Train one net on :data:`TRAIN_PAIRS` for ``steps`` samples and score it on the test and training pairs.
+
+    ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
+    Returns the test scores in the layout :mod:`.report` reads, plus training Dice, seconds, inference ms.
+    """
+    loss = make_loss(name, 3, feature_net)
+    generator = torch.Generator().manual_seed(seed + 1)
+    aug = (lambda m, f: augment_pairs(m, f, generator)) if augment else None
+    epochs = max(1, steps // len(TRAIN_PAIRS))
+    t0, marks = time.perf_counter(), set()
+
+    def progress(fraction):
+        tenth = int(10 * fraction + 1e-9)
+        if tenth not in marks and tenth % 2 == 0 and tenth > 0:
+            marks.add(tenth)
+            done = time.perf_counter() - t0
+            log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(TRAIN_PAIRS)} steps ({done:.0f} s)")
+
+    net, hist = train_registration(images, torch.tensor(TRAIN_PAIRS), loss, lam, epochs=epochs, batch_size=1, lr=lr,
+                                   loss_name=name, seed=seed, augment=aug, on_epoch=progress)
+    full = labels[0].shape
+    ddfs, ms = {}, []
+    with torch.no_grad():
+        net.displacement(images[:1], images[1:2])  # warm-up: the first call allocates
+        for m, f in TEST_PAIRS + TRAIN_PAIRS:
+            t1 = time.perf_counter()
+            ddfs[(m, f)] = ddf = net.displacement(images[m:m + 1], images[f:f + 1])
+            resize_displacement(ddf, full)
+            ms.append(1000 * (time.perf_counter() - t1))
+    test = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TEST_PAIRS]
+    train = [score(ddfs[p], labels[p[0]], labels[p[1]])["dice"] for p in TRAIN_PAIRS]
+    return {"dice": [r["dice"] for r in test], "dice_per_label": [r["dice_per_label"] for r in test],
+            "folding": [r["folding"] for r in test], "lambda": lam, "train_dice": train,
+            "train_seconds": hist["seconds"], "steps": epochs * len(TRAIN_PAIRS),
+            "loss_first_last": [hist["loss"][0], hist["loss"][-1]], "inference_ms": float(np.median(ms)),
+            "seconds_per_pair": float(np.median(ms)) / 1000, "augment": augment}
+
+
+def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
+                          lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
+                          augment: bool = True, ablation=(), seed: int = 0, log=print) -> dict:
+    """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
+
+    ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``ablation``: losses trained a second
+    time with the other ``augment`` setting, kept under ``result["ablation"]`` (not in the table).
+    """
+    lambdas = {**INSTANCE_LAMBDA, **(lambdas or {})}
+    unknown = [n for n in list(losses) + list(ablation) if n not in INSTANCE_LAMBDA]
+    if unknown:
+        raise InputError("losses", f"{unknown} not among the label-free losses {INSTANCE_LOSSES}")
+    torch.manual_seed(seed)
+    vols = load_brain_volumes()
+    images = torch.cat(downsampled(vols, factor))
+    names = lambda pairs: [f"{vols.names[m]} -> {vols.names[f]}" for m, f in pairs]  # noqa: E731
+    out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images.shape[2:]), "factor": factor,
+                     "train_pairs": names(TRAIN_PAIRS), "pairs": names(TEST_PAIRS), "steps": steps, "lr": lr,
+                     "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
+                     "seed": seed, "feature_training": "the vxm subject only"}, "losses": {}}
+    zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
+    out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in TEST_PAIRS]
+                          for k in ("dice", "dice_per_label", "folding")}
+    log(f"affine only (no deformation), test pairs: mean Dice {np.mean(out['affine_only']['dice']):.3f}")
+    modes = sorted({n.split("-")[1] for n in list(losses) + list(ablation) if n.startswith("deepsim")})
+    nets, out["setup"]["feature_nets"] = feature_nets(vols, list(images[:, None]), modes, feature_steps, feature_lr,
+                                                      factor, seed, log, subjects=FEATURE_SUBJECTS)
+
+    def run(name, aug):
+        mode = name.split("-")[1] if name.startswith("deepsim") else None
+        r = train_and_score(name, images, vols.labels, lambdas[name], nets[(mode, 0)] if mode else None, steps, lr,
+                            aug, seed, log)
+        log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
+            f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% ({r['train_seconds']:.0f} s "
+            f"training, {r['inference_ms']:.0f} ms per pair)")
+        return r
+
+    for name in losses:
+        out["losses"][name] = run(name, augment)
+    if ablation:
+        out["ablation"] = {name: run(name, not augment) for name in ablation}
+    return out
+
+
+def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
+    """``{loss: [Dice per test pair]}`` from the instance benchmark's result (``registration_3d.json``)."""
+    where = [instance["setup"]["pairs"].index(p) for p in test_pairs]
+    out = {name: [r["dice"][i] for i in where] for name, r in instance["losses"].items()}
+    out["affine only"] = [instance["affine_only"]["dice"][i] for i in where]
+    return out
+
+
+def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
+                          steps: int = 1000, instance: dict | None = None, ablation=("mse",), log=print) -> dict:
+    """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
+
+    ``instance``: the instance benchmark's result; its lambdas are used and its Dice on the same test
+    pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature steps, no ablation (smoke run).
+    """
+    from pathlib import Path
+
+    from ..atomic import atomic_output
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    lambdas = {n: r["lambda"] for n, r in instance["losses"].items()} if instance else None
+    kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation))
+    result = run_net_comparison_3d(list(losses), lambdas=lambdas, log=log, **kw)
+    s = result["setup"]
+    s["minutes_total"] = (time.perf_counter() - t0) / 60
+    s["lambda_source"] = "registration_3d.json" if instance else "0.25 x LAMBDA_CENTRE"
+    g = "x".join(str(n) for n in s["network_grid"])
+    header = (("QUICK SMOKE RUN, NOT A RESULT. " if quick else "") +
+              f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on the held-out "
+              f"directed pairs {' and '.join(s['pairs'])}\n\nTrained on the 4 directed pairs vxm <-> OASIS 0001 / "
+              f"0002 on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
+              f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
+              f"for both images of a sample); lambda per loss from {s['lambda_source']} (the 3D instance "
+              f"benchmark's label-free folding rule). DeepSim feature nets: 3D, {s['feature_steps']} steps, the vxm "
+              f"subject only. Dice over seg35 labels on the full {'x'.join(str(n) for n in s['grid'])} grid, "
+              f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
+              f"CPU thread. {s['minutes_total']:.1f} min in all. Paper column: the paper's 3D networks (hundreds of "
+              f"volumes), for ordering only.")
+    stem = "registration_3d_net_quick" if quick else "registration_3d_net"
+    text = write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid")
+    lines = ["", "| loss | net: test Dice | instance opt.: same pairs | net: training-pair Dice | training s | steps |",
+             "|---|---:|---:|---:|---:|---:|"]
+    inst = instance_on_test_pairs(instance, s["pairs"]) if instance else {}
+    ref = lambda name: f"{np.mean(inst[name]):.3f}" if name in inst else ""  # noqa: E731
+    lines.append(f"| affine only | {np.mean(result['affine_only']['dice']):.3f} | {ref('affine only')} | | | |")
+    rows = [(n, r) for n, r in result["losses"].items()] + [(f"{n} (augment {r['augment']})", r)
+                                                            for n, r in result.get("ablation", {}).items()]
+    for name, r in rows:
+        lines.append(f"| {name} | {np.mean(r['dice']):.3f} | {ref(name)} | {np.mean(r['train_dice']):.3f} | "
+                     f"{r['train_seconds']:.0f} | {r['steps']} |")
+    with atomic_output(Path(out_dir) / f"{stem}.md") as tmp:
+        Path(tmp).write_text(text + "\n".join(lines) + "\n")
+    log(text + "\n".join(lines))
+    return result

@@ -1,0 +1,52 @@
+"""A trained 3D registration network per loss on the brain volumes, tested on held-out OASIS 0001 <-> 0002.
+
+Trained on the four directed pairs vxm <-> OASIS 0001 / 0002 (../shared/data/brain-mr, 4x block-averaged
+to 56x48x40), batch 1 with a random flip + small affine applied to both images of a sample; lambda per
+loss from the 3D instance benchmark (benchmarks/results/registration_3d.json), whose Dice on the same two
+test pairs is tabled beside the networks'. DeepSim feature nets on the vxm subject only. One thread.
+Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
+
+    python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
+      -> benchmarks/results/registration_3d_net.{json,md,png}   (--quick: registration_3d_net_quick.*)
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from DeepSimilarityLib.paths import has_shared_data
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv=None):
+    from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
+    from DeepSimilarityLib.registration.experiment3d_net import run_and_report_3d_net
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")
+    p.add_argument("--losses", default=",".join(INSTANCE_LOSSES), help="comma-separated subset of the default")
+    p.add_argument("--steps", type=int, default=1000, help="training samples per net (batch 1)")
+    p.add_argument("--ablation", default="mse", help="losses trained once more without augmentation ('' for none)")
+    p.add_argument("--instance", default=str(RESULTS / "registration_3d.json"),
+                   help="the 3D instance benchmark's JSON: lambdas and the comparison column")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if not has_shared_data("brain-mr/oasis"):
+        print("needs ../shared/data/brain-mr (see its README); nothing to evaluate", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    instance = json.loads(Path(args.instance).read_text()) if Path(args.instance).is_file() else None
+    if instance is None:
+        print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
+                          [s.strip() for s in args.ablation.split(",") if s.strip()])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
