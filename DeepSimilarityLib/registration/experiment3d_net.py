@@ -43,7 +43,8 @@ FEATURE_SUBJECTS = (0,)  # vxm only
 # Tensor axis of left-right in (B, C, 56, 48, 40): flipping it keeps an OASIS brain correlated 0.95 with
 # itself, the other two axes 0.71-0.72.
 LR_AXIS = 4
-# What the 3D instance benchmark's folding rule chose for every loss (registration_3d.json, "lambda").
+# What the single-level 3D instance benchmark's folding rule chose for every loss
+# (registration_3d_1level.json, "lambda").
 INSTANCE_LAMBDA = {name: 0.25 * LAMBDA_CENTRE[name] for name in INSTANCE_LOSSES}
 
 
@@ -192,7 +193,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
-    s["lambda_source"] = "registration_3d.json" if instance else "0.25 x LAMBDA_CENTRE"
+    s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
     g = "x".join(str(n) for n in s["network_grid"])
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if quick else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on the held-out "
