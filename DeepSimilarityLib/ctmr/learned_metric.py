@@ -49,14 +49,8 @@ def _row_blocks(shape: tuple, max_rows: int, prefix: tuple = ()):
 _FUSED_WORKS: dict = {}  # dtype -> whether oneDNN's fused linear + sigmoid runs here and matches the plain ops
 
 
-def linear_sigmoid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(x @ weight.T + bias)`` for ``x (m, n_in)``, ``weight (n_out, n_in)``; ``out (m, n_out)`` is work space.
-
-    Why: oneDNN applies the sigmoid while the product's tiles are still in cache (about 15% of an
-    81x81 map). That entry point is internal to PyTorch, so it is used only after it ran and matched
-    ``addmm`` + ``sigmoid_`` once for this dtype; otherwise (other builds, other versions) the plain ops.
-    """
-    dtype = x.dtype
+def fused_linear_sigmoid_works(dtype) -> bool:
+    """Whether oneDNN's fused linear + sigmoid runs in this PyTorch build and matches the plain ops (checked once)."""
     if dtype not in _FUSED_WORKS:
         _FUSED_WORKS[dtype] = False
         try:
@@ -67,7 +61,18 @@ def linear_sigmoid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ou
             _FUSED_WORKS[dtype] = bool(fused.shape == plain.shape and (fused.float() - plain.float()).abs().max() < 0.01)
         except (AttributeError, RuntimeError, TypeError):
             pass
-    if _FUSED_WORKS[dtype]:
+    return _FUSED_WORKS[dtype]
+
+
+def linear_sigmoid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``sigmoid(x @ weight.T + bias)`` for ``x (m, n_in)``, ``weight (n_out, n_in)``.
+
+    Why: oneDNN applies the sigmoid while the product's tiles are still in cache (about 15% of an
+    81x81 map). That entry point is internal to PyTorch, so it is used only where
+    :func:`fused_linear_sigmoid_works`; otherwise ``addmm`` + ``sigmoid_`` into the work space
+    ``out (m, n_out)``, which is needed only then.
+    """
+    if fused_linear_sigmoid_works(x.dtype):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "sigmoid", [], "")
     return torch.sigmoid_(torch.addmm(bias, x, weight.t(), out=out))
 
@@ -122,10 +127,14 @@ class LearnedPatchMetric(PatchMetric):
         have = self._work
         if have is None or have["dtype"] != dtype or have["x"].shape[0] < m:
             sizes = [self._b_first.shape[0]] + [b.shape[0] for _, b in self._float["layers"]]
-            have = self._work = {"dtype": dtype, "x": torch.empty(m, self.patch_voxels),
-                                 "xq": torch.empty(m, self.patch_voxels, dtype=dtype),
-                                 "h": [torch.empty(m, n, dtype=dtype) for n in sizes]}
-        return {"x": have["x"][:m], "xq": have["xq"][:m], "h": [h[:m] for h in have["h"]]}
+            x = torch.empty(m, self.patch_voxels)
+            # The hidden layers' outputs need work space only without the fused op (which allocates its own).
+            h = [None] * len(sizes) if fused_linear_sigmoid_works(dtype) else \
+                [torch.empty(m, n, dtype=dtype) for n in sizes]
+            have = self._work = {"dtype": dtype, "x": x,
+                                 "xq": x if dtype == torch.float32 else torch.empty(m, self.patch_voxels, dtype=dtype),
+                                 "h": h}
+        return {"x": have["x"][:m], "xq": have["xq"][:m], "h": [None if h is None else h[:m] for h in have["h"]]}
 
     def _score_rows(self, mr: torch.Tensor, ct_part: torch.Tensor, dtype, low=None, span=None) -> torch.Tensor:
         """Scores ``(m,)`` float32 of MR patches ``(..., *patch)`` (m patches) given the CT half ``(H1,)`` of layer 1.
@@ -147,7 +156,8 @@ class LearnedPatchMetric(PatchMetric):
             constant = (span[:, 0] <= 0).nonzero()[:, 0]
             if constant.numel():
                 x[constant] = 0.5
-            buf["xq"].copy_(x)
+            if dtype != torch.float32:  # in float32 the two are one buffer
+                buf["xq"].copy_(x)
         else:
             buf["xq"].view(mr.shape).copy_(mr)
         h = buf["xq"]
