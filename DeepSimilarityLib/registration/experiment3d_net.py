@@ -182,9 +182,6 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     ``instance``: the instance benchmark's result; its lambdas are used and its Dice on the same test
     pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature steps, no ablation (smoke run).
     """
-    from pathlib import Path
-
-    from ..atomic import atomic_output
     from .report import write_report
 
     t0 = time.perf_counter()
@@ -207,7 +204,6 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
               f"CPU thread. {s['minutes_total']:.1f} min in all. Paper column: the paper's 3D networks (hundreds of "
               f"volumes), for ordering only.")
     stem = "registration_3d_net_quick" if quick else "registration_3d_net"
-    text = write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid")
     lines = ["", "| loss | net: test Dice | instance opt.: same pairs | net: training-pair Dice | training s | steps |",
              "|---|---:|---:|---:|---:|---:|"]
     inst = instance_on_test_pairs(instance, s["pairs"]) if instance else {}
@@ -218,7 +214,6 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     for name, r in rows:
         lines.append(f"| {name} | {np.mean(r['dice']):.3f} | {ref(name)} | {np.mean(r['train_dice']):.3f} | "
                      f"{r['train_seconds']:.0f} | {r['steps']} |")
-    with atomic_output(Path(out_dir) / f"{stem}.md") as tmp:
-        Path(tmp).write_text(text + "\n".join(lines) + "\n")
-    log(text + "\n".join(lines))
+    log(write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid",
+                     footer="\n".join(lines) + "\n"))
     return result

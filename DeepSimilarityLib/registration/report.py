@@ -59,14 +59,16 @@ def box_plot(result: dict, path: Path, title: str):
     plt.close(fig)
 
 
-def write_report(result: dict, out_dir, stem: str, header: str, title: str | None = None, paper: bool = True) -> str:
+def write_report(result: dict, out_dir, stem: str, header: str, title: str | None = None, paper: bool = True,
+                 footer: str = "") -> str:
     """Writes ``stem.json``, ``stem.md`` and ``stem.png`` (box plot titled ``title``) into ``out_dir``.
 
-    ``paper``: the table's column of the paper's 3D brain Dice. Returns the markdown.
+    ``paper``: the table's column of the paper's 3D brain Dice; ``footer``: markdown after the table.
+    Returns the markdown.
     """
     out_dir = Path(out_dir)
     table = markdown_table(result, paper)
-    text = header + "\n\n" + table + "\n"
+    text = header + "\n\n" + table + "\n" + footer
     with atomic_output(out_dir / f"{stem}.md") as tmp:
         Path(tmp).write_text(text)
     plain = {k: v for k, v in result.items() if k not in ("nets", "features")}

@@ -101,3 +101,24 @@ def test_left_right_axis_of_the_real_volumes():
     # A brain is mirror-symmetric left-right only: the flip augmentation must use that axis.
     assert max(corr, key=corr.get) == net3d.LR_AXIS and corr[net3d.LR_AXIS] > 0.9
     assert vols.names[1:] == ["OASIS_OAS1_0001_MR1", "OASIS_OAS1_0002_MR1"] and vols.names[0] == "vxm"
+
+
+def test_report_has_the_table_and_the_instance_comparison(tmp_path, monkeypatch):
+    """``run_and_report_3d_net`` writes one markdown with the Dice table and the net-vs-instance table after it."""
+    from DeepSimilarityLib.registration import experiment3d_net
+
+    pairs = ["a -> b", "b -> a"]
+    loss = {"dice": [0.6, 0.62], "dice_per_label": [{}, {}], "folding": [0.001, 0.0], "lambda": 0.0025,
+            "seconds_per_pair": 0.2, "train_dice": [0.61], "train_seconds": 12.0, "steps": 16}
+    result = {"setup": {"network_grid": [4, 4, 4], "factor": 4, "pairs": pairs, "steps": 16, "lr": 3e-3,
+                        "augment": True, "feature_steps": 5, "grid": [16, 16, 16]},
+              "affine_only": {"dice": [0.45, 0.47], "folding": [0.0, 0.0]}, "losses": {"mse": loss}}
+    monkeypatch.setattr(experiment3d_net, "run_net_comparison_3d", lambda losses, **kw: result)
+    instance = {"setup": {"pairs": ["x -> y"] + pairs}, "affine_only": {"dice": [0.5, 0.45, 0.47]},
+                "losses": {"mse": {"dice": [0.7, 0.66, 0.68], "lambda": 0.0025}}, "source": "inst.json"}
+    experiment3d_net.run_and_report_3d_net(["mse"], quick=True, out_dir=tmp_path, instance=instance, log=lambda *_: None)
+    text = (tmp_path / "registration_3d_net_quick.md").read_text()
+    assert text.startswith("QUICK SMOKE RUN") and "inst.json" in text
+    assert "| mse | 0.610 |" in text  # the Dice table
+    assert "| mse | 0.610 | 0.670 | 0.610 | 12 | 16 |" in text  # net vs instance optimisation on the same pairs
+    assert (tmp_path / "registration_3d_net_quick.json").is_file() and (tmp_path / "registration_3d_net_quick.png").is_file()
