@@ -13,10 +13,21 @@ import tempfile
 IN_PROCESS_POSITIONS = 31 * 31
 
 
-def _check_sizes(neighbourhood, patch_size):
+def _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size):
+    """``(ct, mr, index)``: the two volumes and the point's continuous CT voxel index ``(x, y[, z])``.
+
+    Raises ``ValueError`` naming the node or parameter at fault.
+    """
+    import DeepSimilarityNodes as nodes
+
+    ct = nodes.volume_from_node(ctNode, "CT volume")
+    mr = nodes.volume_from_node(mrNode, "MR volume")
+    if pointRAS is None or len(pointRAS) != 3:
+        raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
     for name, value in (("neighbourhood", neighbourhood), ("patch size", patch_size)):
         if int(value) < 1 or int(value) % 2 == 0:
             raise ValueError(f"{name}: must be a positive odd number of voxels, got {value}")
+    return ct, mr, nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
 
 
 class HeatmapLogicMixin:
@@ -52,12 +63,7 @@ class HeatmapLogicMixin:
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.heatmap import similarity_heatmap
 
-        ct = nodes.volume_from_node(ctNode, "CT volume")
-        mr = nodes.volume_from_node(mrNode, "MR volume")
-        if pointRAS is None or len(pointRAS) != 3:
-            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
-        _check_sizes(neighbourhood, patch_size)
-        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
+        ct, mr, index = _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size)
         result = similarity_heatmap(ct, mr, index=index, metric=self._metric(metric), patch_size=int(patch_size),
                                     neighbourhood=int(neighbourhood), depth=depth)
         node = self.show_heatmap(result.scores, ctNode, metric, outputNode)
@@ -73,12 +79,7 @@ class HeatmapLogicMixin:
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.image_io import read_image, write_image
 
-        ct = nodes.volume_from_node(ctNode, "CT volume")
-        mr = nodes.volume_from_node(mrNode, "MR volume")
-        if pointRAS is None or len(pointRAS) != 3:
-            raise ValueError(f"point: expected a RAS position (3 values), got {pointRAS!r}")
-        _check_sizes(neighbourhood, patch_size)
-        index = nodes.index_from_ras(ctNode, pointRAS)[: ct.ndim]
+        ct, mr, index = _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size)
         if any(round(i) < 0 or round(i) >= n for i, n in zip(index, ct.array.shape[::-1])):
             raise ValueError("point: lies outside the CT volume")
         folder = tempfile.mkdtemp(prefix="DeepSimilarity-")
