@@ -19,3 +19,14 @@ def isolated_cache(tmp_path, monkeypatch):
     """A private cache folder so tests neither read nor fill the user's cache."""
     monkeypatch.setenv("DEEPSIM_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (deterministic reductions, no oversubscription), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

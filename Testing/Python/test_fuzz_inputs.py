@@ -9,19 +9,13 @@ records their count and outcomes in ``benchmarks/results/fuzz.json``.
 import warnings
 
 import pytest
-import torch
 
 from fuzz_cases import all_cases, run_case
 
 CASES = all_cases()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_there_are_many_cases():
