@@ -482,9 +482,8 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Module loading test passed")
 
-    def test_heatmap_logic(self):
-        """A heat map of the 2D phantom: the CT against itself peaks at the point."""
-        self.delayDisplay("Starting the heat map test")
+    def _phantomNodes(self):
+        """The 2D head phantom's CT and MR as scene nodes, and a RAS point near the skull."""
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.phantom import make_head_phantom
 
@@ -492,7 +491,12 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         scene = slicer.mrmlScene
         ctNode = nodes.update_node_from_volume(phantom.ct, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
         mrNode = nodes.update_node_from_volume(phantom.mr, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
-        pointRAS = nodes.ras_from_index(ctNode, (30, 34))
+        return ctNode, mrNode, nodes.ras_from_index(ctNode, (30, 34))
+
+    def test_heatmap_logic(self):
+        """A heat map of the 2D phantom: the CT against itself peaks at the point."""
+        self.delayDisplay("Starting the heat map test")
+        ctNode, mrNode, pointRAS = self._phantomNodes()
         logic = DeepSimilarityLogic()
         heat, best = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)
         self.assertEqual(slicer.util.arrayFromVolume(heat).shape, (1, 9, 9))
@@ -508,14 +512,7 @@ class DeepSimilarityTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Starting the background job test")
         import time
 
-        import DeepSimilarityNodes as nodes
-        from DeepSimilarityLib.phantom import make_head_phantom
-
-        phantom = make_head_phantom((64, 64), seed=1)
-        scene = slicer.mrmlScene
-        ctNode = nodes.update_node_from_volume(phantom.ct, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT"))
-        mrNode = nodes.update_node_from_volume(phantom.mr, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"))
-        pointRAS = nodes.ras_from_index(ctNode, (30, 34))
+        ctNode, mrNode, pointRAS = self._phantomNodes()
         logic = DeepSimilarityLogic()
         expected, _ = logic.compute_heatmap(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7)
         job = logic.heatmap_job(ctNode, mrNode, pointRAS, "nmi", neighbourhood=9, patch_size=7).start()
