@@ -30,7 +30,7 @@ def skull_edge_mask(ct: np.ndarray, threshold: float = 0.95, near: int = 2) -> n
     raw = np.asarray(ct) >= threshold
     bone = ndimage.binary_opening(raw)
     if not bone.any() and raw.any():
-        pieces, n = ndimage.label(raw, np.ones((3,) * raw.ndim))
+        pieces, _ = ndimage.label(raw, np.ones((3,) * raw.ndim))
         sizes = np.bincount(pieces.ravel())
         bone = (sizes >= 8)[pieces] & raw
     if not bone.any():
