@@ -6,7 +6,10 @@ position: the region is unfolded into an ``(M, V)`` matrix and multiplied
 once; the remaining layers then run on all M positions. In bfloat16 the big
 matrix products run ~3.5x faster on CPUs with native bf16 (AVX512-BF16/AMX)
 and far slower on others, so ``precision="auto"`` times both once and keeps
-the faster. The last layer (to the two outputs) always runs in float32.
+the faster. ``precision="int8"`` runs the hidden layers through oneDNN's
+quantised linear (:mod:`.int8_layers`), faster again on CPUs with AVX512-VNNI
+at a small cost in accuracy; ``"auto"`` considers it where the build has it.
+The last layer (to the two outputs) always runs in float32.
 
 With per-patch normalisation (``patch_norm="patch"``) a window ``p`` enters
 as ``(p - min) / span``, computed in float32 before rounding to the compute
@@ -25,9 +28,10 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..patch_metrics import PatchMetric
+from .int8_layers import Int8SigmoidLayers, int8_layers_work, quantise_unit_interval
 from .similarity_net import PatchSimilarityNet, load_net, minmax_rows
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
 
 def _row_blocks(shape: tuple, max_rows: int, prefix: tuple = ()):
@@ -104,6 +108,9 @@ class LearnedPatchMetric(PatchMetric):
             self._w_out = (net.out.weight[0] - net.out.weight[1]).detach().clone()  # (H_last,)
             self._b_out = (net.out.bias[0] - net.out.bias[1]).detach().clone()
         self._weights = {torch.float32: self._float}
+        if precision == "int8" and not int8_layers_work():
+            raise InputError("precision", "int8 needs PyTorch's oneDNN quantised linear, which this build lacks "
+                                          "or which disagrees with float32 here; use bfloat16 or float32")
         self._dtype: torch.dtype | None = None if precision == "auto" else getattr(torch, precision)
         self._work: dict | None = None  # see _buffers
 
@@ -114,6 +121,9 @@ class LearnedPatchMetric(PatchMetric):
     def _weights_in(self, dtype):
         if dtype not in self._weights:
             f = self._float
+            if dtype == torch.int8:
+                self._weights[dtype] = Int8SigmoidLayers([(f["w_mr"], None)] + f["layers"])
+                return self._weights[dtype]
             self._weights[dtype] = {"w_mr": f["w_mr"].to(dtype),
                                     "layers": [(w.to(dtype), b.to(dtype)) for w, b in f["layers"]]}
         return self._weights[dtype]
@@ -128,11 +138,12 @@ class LearnedPatchMetric(PatchMetric):
         if have is None or have["dtype"] != dtype or have["x"].shape[0] < m:
             sizes = [self._b_first.shape[0]] + [b.shape[0] for _, b in self._float["layers"]]
             x = torch.empty(m, self.patch_voxels)
-            # The hidden layers' outputs need work space only without the fused op (which allocates its own).
-            h = [None] * len(sizes) if fused_linear_sigmoid_works(dtype) else \
-                [torch.empty(m, n, dtype=dtype) for n in sizes]
+            # The hidden layers' outputs need work space only without a fused op (which allocates its own).
+            fused = dtype == torch.int8 or fused_linear_sigmoid_works(dtype)
+            h = [None] * len(sizes) if fused else [torch.empty(m, n, dtype=dtype) for n in sizes]
+            coded = torch.uint8 if dtype == torch.int8 else dtype  # int8 mode: uint8 codes of [0, 1] inputs
             have = self._work = {"dtype": dtype, "x": x,
-                                 "xq": x if dtype == torch.float32 else torch.empty(m, self.patch_voxels, dtype=dtype),
+                                 "xq": x if dtype == torch.float32 else torch.empty(m, self.patch_voxels, dtype=coded),
                                  "h": h}
         return {"x": have["x"][:m], "xq": have["xq"][:m], "h": [None if h is None else h[:m] for h in have["h"]]}
 
@@ -145,21 +156,28 @@ class LearnedPatchMetric(PatchMetric):
         w = self._weights_in(dtype)
         m = mr.numel() // self.patch_voxels
         buf = self._buffers(m, dtype)
+        int8 = dtype == torch.int8
         if self.per_patch:
             x = buf["x"]
             x.view(mr.shape).copy_(mr)
             if low is None:
                 low = x.amin(1, keepdim=True)
                 span = x.amax(1, keepdim=True) - low
-            # Normalised in float32 and rounded once: the same inputs as minmax_rows gives the net.
-            x.sub_(low).mul_(torch.where(span > 0, 1.0 / span.clamp_min(1e-12), 0.0))
+            # Normalised in float32 and rounded once: the same inputs as minmax_rows gives the net
+            # (times 255 for int8 codes, so the rounding is the only extra step).
+            top = 255.0 if int8 else 1.0
+            x.sub_(low).mul_(torch.where(span > 0, top / span.clamp_min(1e-12), 0.0))
             constant = (span[:, 0] <= 0).nonzero()[:, 0]
             if constant.numel():
-                x[constant] = 0.5
-            if dtype != torch.float32:  # in float32 the two are one buffer
+                x[constant] = 0.5 * top
+            if int8:
+                buf["xq"].copy_(x.round_())
+            elif dtype != torch.float32:  # in float32 the two are one buffer
                 buf["xq"].copy_(x)
         else:
-            buf["xq"].view(mr.shape).copy_(mr)
+            buf["xq"].view(mr.shape).copy_(quantise_unit_interval(mr) if int8 and mr.is_floating_point() else mr)
+        if int8:
+            return torch.addmv(self._b_out.expand(m), w(buf["xq"], ct_part), self._w_out)
         h = buf["xq"]
         for (weight, bias), out in zip([(w["w_mr"], ct_part.to(dtype))] + w["layers"], buf["h"]):
             h = linear_sigmoid(h, weight, bias, out)
@@ -175,14 +193,14 @@ class LearnedPatchMetric(PatchMetric):
                 mr = torch.rand(rows, self.patch_voxels, generator=gen)
                 ct_part = torch.zeros(self._b_first.shape)
                 best = {}
-                for dtype in (torch.float32, torch.bfloat16):
+                for dtype in (torch.float32, torch.bfloat16) + ((torch.int8,) if int8_layers_work() else ()):
                     times = []
-                    for _ in range(3):  # the first run warms up kernels and weight copies
+                    for _ in range(5):  # the first runs warm up kernels, weight copies and the allocator
                         start = time.perf_counter()
                         self._score_rows(mr, ct_part, dtype)
                         times.append(time.perf_counter() - start)
-                    best[dtype] = min(times[1:])
-            self._dtype = torch.bfloat16 if best[torch.bfloat16] < best[torch.float32] else torch.float32
+                    best[dtype] = min(times[2:])
+            self._dtype = min(best, key=best.get)
         return str(self._dtype).removeprefix("torch.")
 
     def score_map(self, ct_patch: np.ndarray, mr_region: np.ndarray) -> np.ndarray:
@@ -201,7 +219,9 @@ class LearnedPatchMetric(PatchMetric):
             ct_part = torch.addmv(self._b_first, self._w_ct, ct_flat)
             # Unfold the region in the compute precision: each block of patches is copied once, already converted.
             region = torch.from_numpy(mr_region)
-            windows = region if self.per_patch else region.to(dtype)  # per-patch: normalised before rounding
+            # Per-patch: normalised before rounding. Otherwise the region is converted (int8: coded) once.
+            windows = region if self.per_patch else \
+                quantise_unit_interval(region) if dtype == torch.int8 else region.to(dtype)
             for axis, p in enumerate(ct_patch.shape):
                 windows = windows.unfold(axis, p, 1)  # -> (*positions, *patch)
             lows = spans = None

@@ -10,6 +10,7 @@ from DeepSimilarityLib.ctmr import (LearnedPatchMetric, PatchSimilarityNet, Trai
                                     load_net, pretrain_multimodal, save_net, synthetic_images, synthetic_pairs,
                                     train_dae, train_similarity_net)
 from DeepSimilarityLib.errors import InputError
+from DeepSimilarityLib.ctmr.int8_layers import Int8SigmoidLayers, int8_layers_work, quantise_unit_interval
 
 # Small and quick: enough to learn the synthetic relation, a few seconds in all.
 FAST = TrainSettings(optimizer="adam", lr=1e-3, batch_size=32, pretrain_epochs=2, finetune_epochs=8)
@@ -103,7 +104,7 @@ def test_score_map_equals_per_position_scores(trained):
         assert np.abs(a - b).max() < 0.02 * (a.max() - a.min()) + 0.02
         same_best += a.argmax() == b.argmax()
     assert same_best >= 4
-    assert LearnedPatchMetric(net).resolved_precision() in ("float32", "bfloat16")
+    assert LearnedPatchMetric(net).resolved_precision() in ("float32", "bfloat16", "int8")
 
 
 def test_score_map_3d_and_patch_size_check():
@@ -203,7 +204,7 @@ def test_work_buffers_reused_across_sizes_precisions_and_chunks_change_nothing()
     regions = [rng.random((s, s)).astype(np.float32) for s in (14, 9, 20)]
     regions[1][2:8, 2:8] = 0.7  # constant windows inside a reused buffer that held other values
     shared = LearnedPatchMetric(net, precision="float32", chunk_elements=50 * 7)  # 7 rows: ragged last block
-    for precision in ("float32", "bfloat16", "float32"):
+    for precision in ("float32", "bfloat16", "int8", "float32")[: None if int8_layers_work() else 2]:
         shared._dtype = getattr(torch, precision)
         for region in regions:
             fresh = LearnedPatchMetric(net, precision=precision).score_map(ct, region)
@@ -221,3 +222,51 @@ def test_linear_sigmoid_fused_and_plain_paths_agree(monkeypatch):
         monkeypatch.setitem(learned_metric._FUSED_WORKS, torch.float32, works)
         got = learned_metric.linear_sigmoid(x, w, b, torch.empty(40, 20))
         torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+
+
+needs_int8 = pytest.mark.skipif(not int8_layers_work(), reason="this PyTorch build lacks oneDNN's int8 linear")
+
+
+@needs_int8
+def test_int8_layers_match_the_float_sigmoid_stack_without_bias():
+    """Sizes of the real net; positive weights make any unfolded half-step offset show as a bias."""
+    gen = torch.Generator().manual_seed(7)
+    sizes = [289, 578, 300, 100]
+    layers = [(torch.rand(o, i, generator=gen) * 0.02 - (0.0 if k else 0.01), None if k == 0 else
+               torch.randn(o, generator=gen)) for k, (i, o) in enumerate(zip(sizes, sizes[1:]))]
+    first_bias = torch.randn(578, generator=gen)
+    x = torch.rand(500, 289, generator=gen)
+    want = x
+    for k, (w, b) in enumerate(layers):
+        want = torch.sigmoid(want @ w.T + (first_bias if k == 0 else b))
+    got = Int8SigmoidLayers(layers)(quantise_unit_interval(x), first_bias)
+    assert got.shape == (500, 100) and got.dtype == torch.float32
+    assert float((got - want).abs().max()) < 0.005
+    assert abs(float((got - want).mean())) < 2e-4  # no systematic offset (5e-4 without the half-step fold)
+
+
+@needs_int8
+def test_int8_map_follows_float32_for_both_normalisations():
+    rng = np.random.default_rng(4)
+    for norm in ("patch", "image"):
+        net = PatchSimilarityNet({"patch_voxels": 25, "layers": [50, 20, 10], "patch_norm": norm},
+                                 torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            net.out.weight.normal_()
+        ct, mr = rng.random((5, 5)).astype(np.float32), rng.random((30, 30)).astype(np.float32)
+        mr[:6, :6] = 0.4  # constant windows
+        a = LearnedPatchMetric(net, precision="float32").score_map(ct, mr)
+        b = LearnedPatchMetric(net, precision="int8").score_map(ct, mr)
+        assert np.isfinite(b).all()
+        assert np.abs(a - b).max() < 0.03 * (a.max() - a.min()), norm
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999, norm
+
+
+def test_int8_refused_with_a_clear_error_where_the_build_lacks_it(monkeypatch):
+    from DeepSimilarityLib.ctmr import int8_layers
+
+    monkeypatch.setattr(int8_layers, "_WORKS", [False])
+    net = PatchSimilarityNet({"patch_voxels": 25, "layers": [50, 20, 10]})
+    with pytest.raises(InputError, match="precision.*int8"):
+        LearnedPatchMetric(net, precision="int8")
+    assert LearnedPatchMetric(net).resolved_precision() in ("float32", "bfloat16")  # auto leaves int8 out
