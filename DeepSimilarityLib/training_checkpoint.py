@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import random
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,11 +92,16 @@ class EpochCheckpoint:
         self.records: list[dict] = []  # one per run_epochs call ("stage"), the latest epoch's state
         self.saved: list[dict] = []  # the records read from the file when resuming
         self.resumed_from: tuple[int, int] | None = None  # (stage, epoch) a resume started after
+        # Training seconds of the interrupted runs up to their last saved epoch: a trainer times only its own
+        # run, so callers add this to report the time the whole training took.
+        self.earlier_seconds = 0.0
         self._stage = 0
+        self._started = time.perf_counter()  # the scope encloses the training alone
         if resume and self.path.exists():
             self.saved = self._read()
             if self.saved:
                 self.resumed_from = (len(self.saved) - 1, int(self.saved[-1]["epoch"]))
+                self.earlier_seconds = float(self.saved[-1].get("elapsed", 0.0))
 
     def _read(self) -> list[dict]:
         try:
@@ -137,7 +143,8 @@ class EpochCheckpoint:
         record = {"epoch": epoch, "epochs": epochs, "state": _clone_state(module),
                   # the finished stage's optimiser is never needed again
                   "optimizer": optimizer.state_dict() if epoch < epochs else None,
-                  "rng": _capture_rng(generators), "losses": list(losses)}
+                  "rng": _capture_rng(generators), "losses": list(losses),
+                  "elapsed": self.earlier_seconds + time.perf_counter() - self._started}
         if stage < len(self.records):
             self.records[stage] = record
         else:

@@ -173,6 +173,7 @@ def run_train(args):
         net, history = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, args.setting, variant=args.variant,
                                             pretraining=args.pretraining, seed=args.seed, progress=progress,
                                             layers=layers, patch_norm=args.patch_norm)
+    history["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
     metadata = dict(net.metadata, kind="ctmr-similarity", data=source, mr=args.mr, patch_size=args.patch_size,
                     downsample=1 if (args.phantom or args.ct_image or args.dim == 3) else args.downsample, dim=args.dim,

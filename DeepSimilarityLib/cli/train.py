@@ -129,6 +129,7 @@ def run_train_siamese(args):
         else:
             net, history = train_siamese(data.images[tr], data.classes[tr], settings, progress,
                                          embedding_dim=args.embedding_dim, **arch)
+    history["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
     scores = {}
     if len(te):
@@ -158,6 +159,7 @@ def run_train_hashing(args):
     with resumable_training(args) as checkpoint:
         net, history = train_hashing(data.images[tr], data.labels[tr], args.bits, settings, progress,
                                      depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
+    history["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
     scores = {}
     if len(te):

@@ -84,6 +84,7 @@ def run_train_registration(args):
     with resumable_training(args) as checkpoint:
         net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, lr=3e-3, labels=labels,
                                        loss_name=args.loss, seed=args.seed, velocity=args.velocity, on_epoch=on_epoch)
+    hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
     from ..registration.experiment import TRAINING_INTENSITY
 
@@ -128,6 +129,7 @@ def run_train_features(args):
     with resumable_training(args) as checkpoint:
         net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=args.epochs,
                                       seed=args.seed, on_epoch=on_epoch)
+    hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
     save_feature_net(net, out, {"mode": args.mode, "data": data,
                                 "optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": args.epochs,

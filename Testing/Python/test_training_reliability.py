@@ -89,6 +89,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, kin
     with training_checkpoint(out, {"kind": kind}, resume=True) as checkpoint:
         resumed, _ = train(interrupt_at(0, resumed_calls))
     assert checkpoint.resumed_from is not None
+    assert checkpoint.earlier_seconds > 0  # the interrupted run's training time is carried over
     assert len(resumed_calls) < len(calls)  # finished epochs were not trained again
     assert same_weights(resumed, reference)
     if kind == "hashing":
@@ -167,7 +168,9 @@ def test_sigkilled_training_keeps_the_old_weights_and_resumes_to_the_same_weight
     assert proc.returncode == -signal.SIGKILL, "training finished before the kill"
     assert out.read_bytes() == b"previous weights"
     assert ckpt.is_file()
+    elapsed = torch.load(ckpt, weights_only=True)["stages"][-1]["elapsed"]  # training seconds before the kill
     assert main([*PHANTOM_TRAIN, "--out", str(out), "--resume"]) in (0, None)
+    assert load_net(out).metadata["train_seconds"] > elapsed
     assert "resuming from" in capsys.readouterr().err
     assert not ckpt.exists() and not list(tmp_path.glob(".*"))  # no checkpoint or temporary file left
     reference = tmp_path / "reference.pt"
