@@ -10,6 +10,7 @@ from DeepSimilarityLib.retrieval import retrieval_metrics as m
 from DeepSimilarityLib.retrieval.encoder import Encoder, unpack_bits
 from DeepSimilarityLib.retrieval.hashing import HashSettings, hash_codes, train_hashing
 from DeepSimilarityLib.retrieval.models_io import as_encoder, load_model, load_retrieval_model, save_model
+from DeepSimilarityLib.retrieval.report import siamese_table
 from DeepSimilarityLib.retrieval.shallow_hashing import ITQ, PCA, SpectralHashing
 from DeepSimilarityLib.retrieval.siamese import (EmbeddingNet, SiameseSettings, model_config, partners, train_classifier,
                                                  train_siamese)
@@ -138,3 +139,11 @@ def test_itq_and_spectral_hashing():
     near = (sh.encode(x[:1] + 1e-3) == codes[:1]).mean()
     assert near == 1.0
 
+
+def test_siamese_table_rows_and_target_checks():
+    row = {"dataset": "toy", "folds": 3, "random_map": 0.5, "random_mrr": 0.69,
+           "siamese": {"queries": 10, "map": 0.60, "mrr": 0.66}, "supervised": {"queries": 10, "map": 0.57, "mrr": 0.70}}
+    table = siamese_table([row]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == table[2].count("|")
+    # MAP above the baseline: yes; MRR 0.04 below it: no
+    assert table[2] == "| toy (3 folds) | 10 | 0.600 | 0.570 | 0.660 | 0.700 | 0.500 | 0.690 | yes | no |"
