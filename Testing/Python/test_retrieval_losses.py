@@ -5,7 +5,7 @@ import torch
 
 from DeepSimilarityLib.retrieval.hashing_losses import (dsh_loss, hashnet_loss, multilabel_bce,
                                                         order_sensitive_ranking_loss, relaxed_hamming)
-from DeepSimilarityLib.retrieval.siamese import contrastive_loss
+from DeepSimilarityLib.retrieval.siamese import batch_contrastive_loss, contrastive_loss
 
 LABELS = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=torch.float64)
 
@@ -18,6 +18,17 @@ def test_contrastive_loss_by_hand():
     assert loss.item() == pytest.approx((12.5 + 0.125) / 2, rel=1e-5)
     far = contrastive_loss(a[1:], b[:1], torch.tensor([False]), margin=1.0)
     assert far.item() == pytest.approx(0.0)
+
+
+def test_batch_contrastive_loss_by_hand():
+    e = torch.tensor([[0.0, 0.0], [0.3, 0.4], [0.0, 0.8]])
+    # same pair (0, 1) at D = 0.5: 0.125; different pairs (0, 2) at D = 0.8 and (1, 2) at D = 0.5 with m = 1:
+    # 0.02 and 0.125. Each kind weighs half: (0.125 + 0.0725) / 2, not the plain mean 0.09 of the three.
+    loss = batch_contrastive_loss(e, torch.tensor([0, 0, 1]), margin=1.0)
+    assert loss.item() == pytest.approx((0.125 + (0.02 + 0.125) / 2) / 2, rel=1e-5)
+    # one class only: the mean over the same-class pairs (D^2 / 2 = 0.125, 0.32, 0.125)
+    one = batch_contrastive_loss(e, torch.tensor([2, 2, 2]), margin=1.0)
+    assert one.item() == pytest.approx((0.125 + 0.32 + 0.125) / 3, rel=1e-5)
 
 
 def test_ranking_loss_by_hand():
@@ -44,12 +55,14 @@ def test_ranking_loss_weights_follow_relevance_gaps():
     assert loss_gap2.item() > loss_gap1.item()
 
 
-@pytest.mark.parametrize("name", ["contrastive", "ranking", "bce", "dsh", "hashnet"])
+@pytest.mark.parametrize("name", ["contrastive", "batch-contrastive", "ranking", "bce", "dsh", "hashnet"])
 def test_loss_gradients(name):
     g = torch.Generator().manual_seed(1)
     z = torch.randn(5, 8, generator=g, dtype=torch.float64, requires_grad=True)
     if name == "contrastive":
         fn = lambda x: contrastive_loss(x[:2], x[2:4], torch.tensor([True, False]), margin=3.0)  # noqa: E731
+    elif name == "batch-contrastive":
+        fn = lambda x: batch_contrastive_loss(x, torch.tensor([0, 1, 0, 2, 1]), margin=3.0)  # noqa: E731
     elif name == "ranking":
         fn = lambda x: order_sensitive_ranking_loss(torch.tanh(x), LABELS, margin=2.0)  # noqa: E731
     elif name == "bce":

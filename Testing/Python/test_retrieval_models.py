@@ -3,14 +3,17 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.retrieval import retrieval_metrics as m
 from DeepSimilarityLib.retrieval.encoder import Encoder, unpack_bits
 from DeepSimilarityLib.retrieval.hashing import HashSettings, hash_codes, train_hashing
 from DeepSimilarityLib.retrieval.models_io import as_encoder, load_model, load_retrieval_model, save_model
+from DeepSimilarityLib.retrieval.report import siamese_table
 from DeepSimilarityLib.retrieval.shallow_hashing import ITQ, PCA, SpectralHashing
-from DeepSimilarityLib.retrieval.siamese import SiameseSettings, partners, train_classifier, train_siamese
+from DeepSimilarityLib.retrieval.siamese import (EmbeddingNet, SiameseSettings, model_config, partners, train_classifier,
+                                                 train_siamese)
 
 torch.set_num_threads(1)
 ARCH = dict(depth=10, width=4, stem_stride=1)
@@ -38,9 +41,24 @@ def test_partners_are_balanced_and_labelled_right():
     assert 0.35 < same.mean() < 0.65
 
 
-def test_siamese_and_classifier_separate_toy_classes(tmp_path):
+def test_embeddings_have_unit_length_unless_the_config_predates_it():
+    x = torch.rand(3, 1, 16, 16)
+    config = model_config("siamese", (16, 16), 2, **ARCH, embedding_dim=8)
+    assert config["normalise"]
+    torch.manual_seed(0)
+    net = EmbeddingNet(config).eval()
+    np.testing.assert_allclose(net(x).detach().norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    config.pop("normalise")  # a file saved before the option: free-length embeddings, as it was trained
+    torch.manual_seed(0)
+    old = EmbeddingNet(config).eval()
+    assert not np.allclose(old(x).detach().norm(dim=1).numpy(), 1.0)
+    np.testing.assert_allclose(F.normalize(old(x), dim=1).detach().numpy(), net(x).detach().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("all_pairs", [True, False])
+def test_siamese_and_classifier_separate_toy_classes(tmp_path, all_pairs):
     images, classes, _ = toy_set()
-    settings = SiameseSettings(epochs=10, batch_size=16, shift=1)
+    settings = SiameseSettings(epochs=10, batch_size=16, shift=1, all_pairs=all_pairs)
     siamese, hist = train_siamese(images, classes, settings, embedding_dim=8, **ARCH)
     classifier, _ = train_classifier(images, classes, settings, **ARCH)
     q_images, q_classes, _ = toy_set(10, seed=1)
@@ -120,3 +138,12 @@ def test_itq_and_spectral_hashing():
     # nearby points share more bits than far ones
     near = (sh.encode(x[:1] + 1e-3) == codes[:1]).mean()
     assert near == 1.0
+
+
+def test_siamese_table_rows_and_target_checks():
+    row = {"dataset": "toy", "folds": 3, "random_map": 0.5, "random_mrr": 0.69,
+           "siamese": {"queries": 10, "map": 0.60, "mrr": 0.66}, "supervised": {"queries": 10, "map": 0.57, "mrr": 0.70}}
+    table = siamese_table([row]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == table[2].count("|")
+    # MAP above the baseline: yes; MRR 0.04 below it: no
+    assert table[2] == "| toy (3 folds) | 10 | 0.600 | 0.570 | 0.660 | 0.700 | 0.500 | 0.690 | yes | no |"
