@@ -24,6 +24,8 @@ def register_parser(sub):
     r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--cascade", action="store_true", help="also evaluate the cascade with a dark-MR hard-negative classifier")
+    r.add_argument("--rank-sum-nmi", action="store_true",
+                   help="also evaluate the multimodal deep network and NMI combined by the sum of their ranks in the map")
     add_recipe_options(r)
     r.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
     r.add_argument("--max-outline-distance", type=float, default=3.0,
@@ -134,8 +136,10 @@ def run_rank_error(args):
     slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
-                               variants=variants, seed=args.seed, cascade=args.cascade, **recipe_kwargs(args))
-    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "")
+                               variants=variants, seed=args.seed, cascade=args.cascade,
+                               rank_sum_nmi=args.rank_sum_nmi, **recipe_kwargs(args))
+    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
+        + ("_ranksumnmi" if args.rank_sum_nmi else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
@@ -146,7 +150,7 @@ def run_rank_error(args):
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
-                "pairs_positive": args.pairs, **recipe_kwargs(args),
+                "pairs_positive": args.pairs, **recipe_kwargs(args), "rank_sum_nmi": args.rank_sum_nmi,
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
                 "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
                 "train_seconds": result["train_seconds"]},

@@ -68,22 +68,28 @@ def add_recipe_options(p):
     p.add_argument("--patch-norm", default="image", choices=["image", "patch"],
                    help="image: patches of the [0,1] images (the paper's); patch: each patch rescaled to [0,1] "
                         "by its own min/max (robust to another scanner's grey values)")
+    p.add_argument("--mr-augment", type=float, default=0.0,
+                   help="fraction of training MR patches remapped by a random increasing grey-value curve "
+                        "(default 0; teaches invariance to how bright one tissue is next to another)")
 
 
 def recipe_kwargs(args) -> dict:
-    return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter, "patch_norm": args.patch_norm}
+    return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter, "patch_norm": args.patch_norm,
+            "mr_intensity_augment": args.mr_augment}
 
 
 def recipe_suffix(args) -> str:
     """File-name suffix naming a non-default recipe (empty for the paper's)."""
     parts = ([f"neg{args.negatives}"] if args.negatives != 1 else []) + ([f"jit{args.jitter}"] if args.jitter else []) \
-        + (["patchnorm"] if args.patch_norm == "patch" else [])
+        + (["patchnorm"] if args.patch_norm == "patch" else []) \
+        + ([f"mraug{round(100 * args.mr_augment)}"] if args.mr_augment else [])
     return "".join("_" + p for p in parts)
 
 
 def describe_recipe(args) -> str:
     return (f"{args.negatives} negative(s) per positive, positive jitter {args.jitter}, "
-            f"{args.patch_norm}-normalised patches")
+            f"{args.patch_norm}-normalised patches" +
+            (f", {args.mr_augment:.0%} of MR patches through a random increasing grey-value curve" if args.mr_augment else ""))
 
 
 def run_heatmap(args):
@@ -159,7 +165,8 @@ def run_train(args):
         pairs = hard_negative_pairs(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size)
     else:
         pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size,
-                                  negatives_per_positive=args.negatives, positive_jitter=args.jitter)
+                                  negatives_per_positive=args.negatives, positive_jitter=args.jitter,
+                                  mr_intensity_augment=args.mr_augment)
     bar = progress_bar(total=100, desc="training", unit="%")
 
     def progress(stage, fraction):

@@ -28,6 +28,7 @@ VARIANTS = {
 }
 BASELINES = ("nmi", "lcc", "mind")
 CASCADE = "cascade: multimodal deep + dark-MR negatives"
+RANK_SUM = "multimodal deep + NMI (rank sum)"
 
 
 def load_region(dataset, region: str | None = None, mr: str = "T1", patients=None) -> dict:
@@ -145,8 +146,12 @@ def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:
 
 def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int = 2000, setting: str = "paper",
                       variants=tuple(VARIANTS), baselines=BASELINES, seed: int = 0, precision: str = "float32",
-                      cascade: bool = False, patch_norm: str = "image", **pair_options) -> dict:
+                      cascade: bool = False, patch_norm: str = "image", rank_sum_nmi: bool = False,
+                      **pair_options) -> dict:
     """Pooled psi per metric over leave-one-patient-out folds, with training times.
+
+    ``cascade`` adds the dark-MR cascade, ``rank_sum_nmi`` the rank sum of the
+    multimodal deep network and NMI (:class:`~.cascade.RankSumPatchMetric`).
 
     ``n_test`` patches are split over the patients in proportion to their
     number of slices. Returns ``{"psi": {metric: array}, "train_seconds":
@@ -159,7 +164,8 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
     counts = np.array([len(slices_by_patient[p]) for p in patients], float)
     per_patient = np.floor(counts / counts.sum() * n_test).astype(int)
     per_patient[np.argsort(-counts)[: n_test - per_patient.sum()]] += 1
-    psi = {name: [] for name in list(variants) + ([CASCADE] if cascade else []) + list(baselines)}
+    extra = ([CASCADE] if cascade else []) + ([RANK_SUM] if rank_sum_nmi else [])
+    psi = {name: [] for name in list(variants) + extra + list(baselines)}
     train_seconds = {name: [] for name in variants}
     tested = []
     settings = getattr(TrainSettings, setting)() if isinstance(setting, str) else setting
@@ -177,6 +183,11 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
                                           pretraining=pretraining, seed=seed + fold, patch_norm=patch_norm)
             train_seconds[name].append(time.perf_counter() - t0)
             psi[name].extend(rank_errors(tests, LearnedPatchMetric(net, precision=precision)))
+            if rank_sum_nmi and (variant, pretraining) == ("deep", "multimodal"):
+                from .cascade import RankSumPatchMetric
+
+                combined = RankSumPatchMetric(LearnedPatchMetric(net, precision=precision), get_metric("nmi"))
+                psi[RANK_SUM].extend(rank_errors(tests, combined))
             if cascade and (variant, pretraining) == ("deep", "multimodal"):
                 from .cascade import CascadePatchMetric, hard_negative_pairs
 

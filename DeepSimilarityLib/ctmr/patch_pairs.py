@@ -89,10 +89,36 @@ def negative_centres(centres: np.ndarray, shape, rng: np.random.Generator, radiu
     return out
 
 
+def random_monotone_curves(values: np.ndarray, fraction: float, rng: np.random.Generator,
+                           knots: int = 4) -> np.ndarray:
+    """Rows of ``values`` ``(N, V)`` in [0, 1], a random ``fraction`` of them remapped by random increasing curves.
+
+    Each chosen row gets its own piecewise-linear curve through (0, 0), (1, 1) and ``knots``
+    inner points at evenly spaced inputs with sorted uniform outputs. Why: the MR grey
+    values of one tissue relative to another differ between scanners, sequences and PNG
+    windows (one head patient's brain is as bright as its scalp fat, the others' half as
+    bright), and per-patch min/max normalisation removes only a linear change; remapping
+    positives and negatives alike keeps the labels true while the network can no longer
+    rely on the relative levels. Rows not chosen are returned unchanged.
+    """
+    out = np.array(values, dtype=np.float32, copy=True)
+    chosen = np.flatnonzero(rng.random(len(out)) < fraction)
+    if len(chosen) == 0:
+        return out
+    levels = np.concatenate([np.zeros((len(chosen), 1)), np.sort(rng.random((len(chosen), knots)), axis=1),
+                             np.ones((len(chosen), 1))], axis=1)  # (n, knots + 2) curve values at even inputs
+    x = np.clip(out[chosen], 0.0, 1.0) * (knots + 1)
+    index = np.minimum(x.astype(int), knots)  # segment of each value
+    t = x - index
+    rows = np.arange(len(chosen))[:, None]
+    out[chosen] = ((1 - t) * levels[rows, index] + t * levels[rows, index + 1]).astype(np.float32)
+    return out
+
+
 def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.Generator, patch_size: int = 17,
                region: np.ndarray | None = None, radius: int = 40, min_distance: int = 2,
                negative_region: np.ndarray | None = None, negatives_per_positive: int = 1,
-               positive_jitter: int = 0) -> PatchPairs:
+               positive_jitter: int = 0, mr_intensity_augment: float = 0.0) -> PatchPairs:
     """Balanced positives and negatives from one registered CT/MR pair of [0, 1] arrays.
 
     Args:
@@ -104,7 +130,11 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
         negatives_per_positive: each CT patch is paired with this many other MR positions.
         positive_jitter: positive MR patches lie up to this many voxels (Chebyshev) off
             the CT position; 1 matches the 3 x 3 tolerance of the rank-error evaluation.
+        mr_intensity_augment: fraction of the MR patches (positives and negatives alike)
+            remapped by a random increasing grey-value curve, see :func:`random_monotone_curves`.
     """
+    if not 0 <= mr_intensity_augment <= 1:
+        raise InputError("mr_intensity_augment", f"must lie in [0, 1], got {mr_intensity_augment}")
     if negatives_per_positive < 1 or positive_jitter < 0 or positive_jitter >= min_distance:
         raise InputError("pairs", f"need negatives_per_positive >= 1 and 0 <= positive_jitter < min_distance "
                                   f"({min_distance}), got {negatives_per_positive} and {positive_jitter}")
@@ -124,8 +154,10 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
     mr_pos = np.stack([crop(mr, c, size).ravel() for c in shifted])
     mr_neg = np.stack([crop(mr, c, size).ravel() for c in others])
     labels = np.concatenate([np.ones(len(centres), np.int64), np.zeros(len(others), np.int64)])
-    return PatchPairs(np.concatenate([ct_p, np.repeat(ct_p, negatives_per_positive, axis=0)]),
-                      np.concatenate([mr_pos, mr_neg]), labels)
+    mr_p = np.concatenate([mr_pos, mr_neg])
+    if mr_intensity_augment > 0:  # no draws otherwise: earlier recipes keep their pairs
+        mr_p = random_monotone_curves(mr_p, mr_intensity_augment, rng)
+    return PatchPairs(np.concatenate([ct_p, np.repeat(ct_p, negatives_per_positive, axis=0)]), mr_p, labels)
 
 
 def pairs_from_slices(slices, n_positive: int = 2000, seed: int = 0, patch_size: int = 17, **kwargs) -> PatchPairs:

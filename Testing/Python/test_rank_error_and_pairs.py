@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from DeepSimilarityLib.ctmr.patch_pairs import make_pairs, negative_centres, pairs_from_slices, skull_edge_mask
+from DeepSimilarityLib.ctmr.patch_pairs import (make_pairs, negative_centres, pairs_from_slices, random_monotone_curves,
+                                              skull_edge_mask)
 from DeepSimilarityLib.ctmr.rank_error import cumulative_curve, rank_error, rank_errors, summarise
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.image_io import normalise_intensity
@@ -131,3 +132,67 @@ def test_several_negatives_per_positive_and_jittered_positives(phantom_pair):
         make_pairs(ct, mr, 5, rng, negatives_per_positive=0)
     with pytest.raises(InputError):
         make_pairs(ct, mr, 5, rng, positive_jitter=2, min_distance=2)
+
+
+def test_random_monotone_curves_keep_order_and_ends_and_touch_only_the_chosen_fraction():
+    rng = np.random.default_rng(0)
+    values = np.tile(np.linspace(0, 1, 50, dtype=np.float32), (400, 1))
+    out = random_monotone_curves(values, 0.5, np.random.default_rng(1))
+    changed = ~np.all(np.isclose(out, values), axis=1)
+    assert 0.4 < changed.mean() < 0.6
+    # Every curve is increasing and keeps 0 and 1: the order of grey values and the patch range survive.
+    assert np.all(np.diff(out, axis=1) >= -1e-6)
+    np.testing.assert_allclose(out[:, [0, -1]], values[:, [0, -1]], atol=1e-6)
+    # The remapped rows differ from one another (a curve per row, not one for all).
+    assert len({tuple(np.round(r, 4)) for r in out[changed]}) == changed.sum()
+    np.testing.assert_array_equal(random_monotone_curves(values, 0.0, rng), values)
+
+
+def test_mr_intensity_augment_remaps_mr_patches_only_and_leaves_other_pairs_alone(phantom_pair):
+    ct, mr, _ = phantom_pair
+    plain = make_pairs(ct, mr, 30, np.random.default_rng(5), negatives_per_positive=2)
+    augmented = make_pairs(ct, mr, 30, np.random.default_rng(5), negatives_per_positive=2, mr_intensity_augment=1.0)
+    np.testing.assert_array_equal(plain.ct, augmented.ct)
+    np.testing.assert_array_equal(plain.labels, augmented.labels)
+    # Every MR patch, positive and negative, went through a curve; the order of its grey values is kept.
+    assert np.all(np.any(plain.mr != augmented.mr, axis=1) | (np.ptp(plain.mr, axis=1) == 0))
+    order = np.argsort(plain.mr, axis=1, kind="stable")
+    assert np.all(np.diff(np.take_along_axis(augmented.mr, order, axis=1), axis=1) >= -1e-6)
+    with pytest.raises(InputError):
+        make_pairs(ct, mr, 5, np.random.default_rng(0), mr_intensity_augment=1.5)
+
+
+def test_percentile_ranks_by_hand():
+    from DeepSimilarityLib.ctmr.cascade import percentile_ranks
+
+    ranks = percentile_ranks(np.array([[0.5, -3.0], [0.5, 10.0]]))
+    # Sorted: -3 (1st), the two 0.5 tie and share the higher rank (3rd), 10 (4th); divided by 4 values.
+    np.testing.assert_allclose(ranks, [[0.75, 0.25], [0.75, 1.0]])
+
+
+def test_rank_sum_ignores_scales_and_favours_a_position_high_on_both(phantom_pair):
+    from DeepSimilarityLib.ctmr.cascade import RankSumPatchMetric
+
+    class Fixed:
+        def __init__(self, scores):
+            self.scores = np.asarray(scores, np.float32)
+
+        def score_map(self, ct_patch, mr_region):
+            return self.scores
+
+    first = [[9.0, 1.0, 0.0], [2.0, 8.0, 3.0], [4.0, 5.0, 6.0]]  # best at (0, 0), (1, 1) second
+    second = [[0.0, 0.1, 0.2], [0.3, 0.8, 0.4], [0.5, 0.6, 0.7]]  # best at (1, 1)
+    patch, region = np.zeros((3, 3)), np.zeros((5, 5))
+    summed = RankSumPatchMetric(Fixed(first), Fixed(second)).score_map(patch, region)
+    assert np.unravel_index(np.argmax(summed), summed.shape) == (1, 1)
+    # Rescaling one metric's scores (a monotone change) leaves the combined map as it was.
+    rescaled = RankSumPatchMetric(Fixed(np.asarray(first) * 1000 - 5), Fixed(second)).score_map(patch, region)
+    np.testing.assert_array_equal(summed, rescaled)
+    # With NMI twice, the rank sum has its peak where NMI has it (on a registered phantom patch: the centre).
+    ct, mr, _ = phantom_pair
+    centre = tuple(int(v) for v in np.argwhere(skull_edge_mask(ct, near=0))[0])
+    nmi_only = rank_errors([(ct, mr, centre)], get_metric("nmi"))
+    both = rank_errors([(ct, mr, centre)], RankSumPatchMetric(get_metric("nmi"), get_metric("nmi")))
+    np.testing.assert_array_equal(nmi_only, both)
+    with pytest.raises(InputError):
+        RankSumPatchMetric(get_metric("nmi"))
