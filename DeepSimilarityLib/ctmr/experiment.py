@@ -182,20 +182,20 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
             net, _ = train_similarity_net(pairs.ct, pairs.mr, pairs.labels, settings, variant=variant,
                                           pretraining=pretraining, seed=seed + fold, patch_norm=patch_norm)
             train_seconds[name].append(time.perf_counter() - t0)
-            psi[name].extend(rank_errors(tests, LearnedPatchMetric(net, precision=precision)))
-            if rank_sum_nmi and (variant, pretraining) == ("deep", "multimodal"):
+            learned = LearnedPatchMetric(net, precision=precision)
+            psi[name].extend(rank_errors(tests, learned))
+            multimodal_deep = (variant, pretraining) == ("deep", "multimodal")
+            if rank_sum_nmi and multimodal_deep:
                 from .cascade import RankSumPatchMetric
 
-                combined = RankSumPatchMetric(LearnedPatchMetric(net, precision=precision), get_metric("nmi"))
-                psi[RANK_SUM].extend(rank_errors(tests, combined))
-            if cascade and (variant, pretraining) == ("deep", "multimodal"):
+                psi[RANK_SUM].extend(rank_errors(tests, RankSumPatchMetric(learned, get_metric("nmi"))))
+            if cascade and multimodal_deep:
                 from .cascade import CascadePatchMetric, hard_negative_pairs
 
                 hard = hard_negative_pairs(train, n_pairs, seed=seed + fold, **pair_options)
                 second, _ = train_similarity_net(hard.ct, hard.mr, hard.labels, settings, seed=seed + fold,
                                                  patch_norm=patch_norm)
-                metric = CascadePatchMetric(LearnedPatchMetric(net, precision=precision),
-                                            LearnedPatchMetric(second, precision=precision))
+                metric = CascadePatchMetric(learned, LearnedPatchMetric(second, precision=precision))
                 psi[CASCADE].extend(rank_errors(tests, metric))
         for name in baselines:
             psi[name].extend(rank_errors(tests, get_metric(name)))

@@ -29,17 +29,16 @@ _HALF_STEP = 0.5 / 255  # offset of the tanh output code: code / 255 = sigmoid +
 _WORKS: list = []  # [bool] once checked
 
 
-def quantise_unit_interval(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def quantise_unit_interval(x: torch.Tensor) -> torch.Tensor:
     """uint8 codes ``round(255 x)`` of values ``x`` in [0, 1] (clipped), any shape."""
-    codes = torch.clamp(x * 255.0, 0.0, 255.0).round_()
-    return codes.to(torch.uint8) if out is None else out.copy_(codes)
+    return torch.clamp(x * 255.0, 0.0, 255.0).round_().to(torch.uint8)
 
 
 class Int8SigmoidLayers:
     """``sigmoid(W_k ... sigmoid(W_1 x + b_1) ... + b_k)`` for uint8 codes ``x (m, n_in)`` of [0, 1] inputs.
 
-    ``layers``: float ``(weight (n_out, n_in), bias (n_out,) or None)``; a ``None``
-    bias is given per call instead (the first layer's, which carries the CT patch).
+    ``layers``: float ``(weight (n_out, n_in), bias (n_out,))``; the first layer's bias
+    (unused here, e.g. ``None``) is given per call instead, since it carries the CT patch.
     Returns the last layer's sigmoid outputs ``(m, n_last)`` float32.
     """
 
@@ -48,20 +47,19 @@ class Int8SigmoidLayers:
         for k, (weight, bias) in enumerate(layers):
             weight = weight.detach().float()
             # Inputs after the first layer are read as code / 255 = sigmoid + half a step: folded into the bias.
-            shift = torch.zeros(weight.shape[0]) if k == 0 else -_HALF_STEP * weight.sum(1)
             half = weight / 2
             scale = (half.abs().amax(1) / 127).clamp_min(1e-12)  # (n_out,)
             codes = torch.round(half / scale[:, None]).clamp_(-127, 127).to(torch.int8)
             self._layers.append({
                 "packed": torch.ops.onednn.qlinear_prepack(codes, None),
-                "scale": scale, "zero": torch.zeros(weight.shape[0], dtype=torch.long), "shift": shift,
-                "bias": None if bias is None else (bias.detach().float() + shift) / 2})
+                "scale": scale, "zero": torch.zeros(weight.shape[0], dtype=torch.long),
+                "bias": None if k == 0 else (bias.detach().float() - _HALF_STEP * weight.sum(1)) / 2})
 
-    def __call__(self, codes: torch.Tensor, first_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, codes: torch.Tensor, first_bias: torch.Tensor) -> torch.Tensor:
         h = codes
         last = len(self._layers) - 1
         for k, layer in enumerate(self._layers):
-            bias = layer["bias"] if layer["bias"] is not None else (first_bias.float() + layer["shift"]) / 2
+            bias = first_bias.float() / 2 if k == 0 else layer["bias"]
             h = torch.ops.onednn.qlinear_pointwise(
                 h, STEP, 0, layer["packed"], layer["scale"], layer["zero"], bias,
                 1.0 if k == last else 1 / 127.5, 0 if k == last else 128,

@@ -121,11 +121,8 @@ class LearnedPatchMetric(PatchMetric):
     def _weights_in(self, dtype):
         if dtype not in self._weights:
             f = self._float
-            if dtype == torch.int8:
-                self._weights[dtype] = Int8SigmoidLayers([(f["w_mr"], None)] + f["layers"])
-                return self._weights[dtype]
-            self._weights[dtype] = {"w_mr": f["w_mr"].to(dtype),
-                                    "layers": [(w.to(dtype), b.to(dtype)) for w, b in f["layers"]]}
+            self._weights[dtype] = Int8SigmoidLayers([(f["w_mr"], None)] + f["layers"]) if dtype == torch.int8 \
+                else {"w_mr": f["w_mr"].to(dtype), "layers": [(w.to(dtype), b.to(dtype)) for w, b in f["layers"]]}
         return self._weights[dtype]
 
     def _buffers(self, m: int, dtype) -> dict:
