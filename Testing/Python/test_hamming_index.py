@@ -52,6 +52,51 @@ def test_exact_index_agrees_with_numpy_scan(n_bits):
     np.testing.assert_array_equal(np.sort(brute, axis=1)[:, :50], ref_d)
 
 
+@pytest.mark.parametrize("n_bits", [16, 64, 72])
+def test_range_bounded_exact_search_equals_numpy_scan_ids_and_ties_included(n_bits):
+    rng = np.random.default_rng(6)
+    # random codes plus a clustered block with exact duplicates: many ties at every distance
+    centres = rng.integers(0, 2, (5, n_bits))
+    clustered = pack_bits(centres[rng.integers(0, 5, 2000)] ^ (rng.random((2000, n_bits)) < 0.04))
+    codes = np.concatenate([random_codes(3000, n_bits, 7), clustered, clustered[:500]])
+    queries = np.concatenate([random_codes(10, n_bits, 8), clustered[:5], pack_bits(centres)])
+    ids = rng.permutation(len(codes)).astype(np.int64) * 3
+    index = HammingIndex(n_bits, range_above=0, sample_size=1000)
+    index.add(ids, codes)
+    for k in (1, 50, len(codes) // 32):
+        got = index.search(queries, k)
+        ref = popcount_scan(codes, ids, queries, k)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])  # ties at the k-th go to the smaller ids, as numpy's
+    assert index.radii(queries, 50).max() < n_bits  # a real bound, not a scan of everything
+
+
+def test_range_search_falls_back_when_the_estimated_ball_holds_too_few_codes(monkeypatch):
+    codes, queries = random_codes(4000, 64, 9), random_codes(6, 64, 10)
+    ids = np.random.default_rng(9).permutation(4000).astype(np.int64)
+    index = HammingIndex(64, range_above=0)
+    index.add(ids, codes)
+    radii = HammingIndex.radii
+    # a bad estimate for half the queries: a ball of radius 0 holds (almost surely) none of 4000 random codes
+    monkeypatch.setattr(HammingIndex, "radii", lambda self, q, k: radii(self, q, k) * (np.arange(len(q)) % 2))
+    got = index.search(queries, 30)
+    ref = popcount_scan(codes, ids, queries, 30)
+    np.testing.assert_array_equal(got[0], ref[0])  # the same tie-break as the range path
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_range_search_sample_follows_adds_and_removes():
+    codes = random_codes(3000, 64, 11)
+    index = HammingIndex(64, range_above=0, sample_size=500)
+    index.add(np.arange(2000), codes[:2000])
+    index.search(codes[:1], 10)
+    assert index._sample[0] == 2000
+    index.add(np.arange(2000, 3000), codes[2000:])
+    assert index.search(codes[2500:2501], 1)[0][0, 0] == 2500 and index._sample[0] == 3000
+    index.remove([2500])
+    assert index.search(codes[2500:2501], 1)[0][0, 0] != 2500 and index._sample[0] == 2999
+
+
 def test_adding_after_a_search_extends_the_index_and_remove_drops_codes():
     codes = random_codes(500, 64, 2)
     index = HammingIndex(64)
