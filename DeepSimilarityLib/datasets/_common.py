@@ -34,15 +34,17 @@ def require_file(path: Path) -> Path:
 
 
 def source_key(version: str, paths) -> str:
-    """Cache key from a version string and each source file's name, size and mtime.
+    """Cache key from a version string and each source file's name and content.
 
-    A rewritten or replaced source file changes its size or mtime and so
-    invalidates the cached result without hashing the file's content.
+    Content, not modification time: a copy of the same data (a fresh
+    checkout, a re-synced share) keeps its cache, and an edited file loses
+    it. The sources are small images, so hashing them costs under a
+    millisecond each.
     """
     h = hashlib.sha1(version.encode())
     for p in paths:
-        st = Path(p).stat()
-        h.update(f"|{Path(p).name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"|{Path(p).name}:".encode())
+        h.update(hashlib.sha1(Path(p).read_bytes()).digest())
     return h.hexdigest()
 
 

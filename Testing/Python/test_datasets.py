@@ -7,6 +7,7 @@ the folder; only two CT/MR slices are registered, to keep the run short.
 from __future__ import annotations
 
 import csv
+import os
 import time
 
 import numpy as np
@@ -75,6 +76,19 @@ def test_resize_area_keeps_means():
     assert r.shape == (128, 128, 3) and r.dtype == np.float32
     np.testing.assert_allclose(r.mean((0, 1)), a.mean((0, 1)), atol=2e-3)
     np.testing.assert_allclose(resize_area(np.full((30, 40), 0.5), (7, 9)), 0.5, atol=1e-6)
+
+
+def test_cache_key_follows_content_not_modification_time(tmp_path):
+    from DeepSimilarityLib.datasets._common import source_key
+
+    a, b = tmp_path / "one" / "001.png", tmp_path / "two" / "001.png"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(b"same bytes")
+    os.utime(b, (1_000_000, 1_000_000))  # a copy with another mtime keeps the key
+    assert source_key("v1", [a]) == source_key("v1", [b])
+    b.write_bytes(b"same bytez")  # same size, other content
+    assert source_key("v1", [a]) != source_key("v1", [b]) and source_key("v1", [a]) != source_key("v2", [a])
 
 
 def test_load_multilabel_csv_generic(tmp_path):
