@@ -17,6 +17,9 @@ def register_parser(sub):
     r = kinds.add_parser("rank-error", help="Cheng et al. 3.2: rank of the true match in 81x81, leave-patient-out")
     r.add_argument("--region", default="head", choices=["head", "body"], help="patients of ../shared/data/ct-mr-slices")
     r.add_argument("--mr", default="T1", choices=["T1", "T2"])
+    r.add_argument("--also-train-on", choices=["T1", "T2"],
+                   help="another MR sequence whose CT/MR pairs join the training slices (the training patients' "
+                        "only; testing stays on --mr): more than one MR contrast to learn from")
     r.add_argument("--n-test", type=int, default=300, help="test skull patches over all folds (default 300)")
     r.add_argument("--pairs", type=int, default=2000, help="positive training pairs per fold (default 2000)")
     r.add_argument("--setting", default="modern", choices=["paper", "modern"],
@@ -135,22 +138,31 @@ def run_rank_error(args):
     all_slices = load_region(CTMRSlices(), args.region, mr=args.mr)
     slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
+    extra = None
+    if args.also_train_on:
+        if args.also_train_on == args.mr:
+            raise InputError("--also-train-on", f"{args.also_train_on} is already the tested sequence (--mr)")
+        extra = select_slices(load_region(CTMRSlices(), args.region, mr=args.also_train_on),
+                              args.max_outline_distance, args.downsample)
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
                                variants=variants, seed=args.seed, cascade=args.cascade,
-                               rank_sum_nmi=args.rank_sum_nmi, **recipe_kwargs(args))
+                               rank_sum_nmi=args.rank_sum_nmi, extra_train=extra, **recipe_kwargs(args))
     stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
-        + ("_ranksumnmi" if args.rank_sum_nmi else "")
+        + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if extra else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
     header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
               f"{len(result['folds'])} folds, {args.pairs}+{args.pairs * args.negatives} training pairs per fold, setting {args.setting}, "
-              f"{describe_recipe(args)}.\n"
+              f"{describe_recipe(args)}"
+              + (f", training slices also the training patients' CT/{args.also_train_on} pairs "
+                 f"({sum(map(len, extra.values()))} slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
                 "pairs_positive": args.pairs, **recipe_kwargs(args), "rank_sum_nmi": args.rank_sum_nmi,
+                "also_train_on": args.also_train_on,
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
                 "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
                 "train_seconds": result["train_seconds"]},

@@ -147,11 +147,13 @@ def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:
 def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int = 2000, setting: str = "paper",
                       variants=tuple(VARIANTS), baselines=BASELINES, seed: int = 0, precision: str = "float32",
                       cascade: bool = False, patch_norm: str = "image", rank_sum_nmi: bool = False,
-                      **pair_options) -> dict:
+                      extra_train: dict | None = None, **pair_options) -> dict:
     """Pooled psi per metric over leave-one-patient-out folds, with training times.
 
     ``cascade`` adds the dark-MR cascade, ``rank_sum_nmi`` the rank sum of the
     multimodal deep network and NMI (:class:`~.cascade.RankSumPatchMetric`).
+    ``extra_train`` (``{patient: [(ct, mr), ...]}``, e.g. the CT/T2 pairs)
+    joins the training slices of the patients not held out; it is never tested.
 
     ``n_test`` patches are split over the patients in proportion to their
     number of slices. Returns ``{"psi": {metric: array}, "train_seconds":
@@ -171,6 +173,7 @@ def leave_patient_out(slices_by_patient: dict, n_test: int = 300, n_pairs: int =
     settings = getattr(TrainSettings, setting)() if isinstance(setting, str) else setting
     for fold, (held_out, n) in enumerate(tqdm(list(zip(patients, per_patient)), desc="folds", unit="patient")):
         train = [s for p in patients if p != held_out for s in slices_by_patient[p]]
+        train += [s for p, pairs in (extra_train or {}).items() if p != held_out for s in pairs]
         if not train:
             raise InputError("patients", "leave-patient-out needs slices of at least two patients")
         pairs = pairs_from_slices(train, n_positive=n_pairs, seed=seed + fold, **pair_options)

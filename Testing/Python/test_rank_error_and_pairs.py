@@ -196,3 +196,19 @@ def test_rank_sum_ignores_scales_and_favours_a_position_high_on_both(phantom_pai
     np.testing.assert_array_equal(nmi_only, both)
     with pytest.raises(InputError):
         RankSumPatchMetric(get_metric("nmi"))
+
+
+def test_leave_patient_out_trains_on_extra_sequence_of_training_patients_only(monkeypatch):
+    """``extra_train`` slices (e.g. CT/T2) join the training set of every fold, never the held-out patient's."""
+    from DeepSimilarityLib.ctmr import experiment
+
+    ph = experiment.phantom_slices(count=4)
+    t1, t2 = {"A": ph[:1], "B": ph[1:2]}, {"A": ph[2:3], "B": ph[3:4]}
+    trained_on = []
+    monkeypatch.setattr(experiment, "pairs_from_slices", lambda slices, **kw: trained_on.append(slices))
+    # no variants and no baselines: each fold only draws its training pairs and test patches
+    result = experiment.leave_patient_out(t1, n_test=4, n_pairs=10, variants=(), baselines=(), extra_train=t2)
+    assert result["folds"] == ["A", "B"]
+    fold_a, fold_b = ([id(s) for s in slices] for slices in trained_on)
+    assert fold_a == [id(t1["B"][0]), id(t2["B"][0])]
+    assert fold_b == [id(t1["A"][0]), id(t2["A"][0])]
