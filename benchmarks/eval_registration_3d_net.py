@@ -8,7 +8,8 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-      -> benchmarks/results/registration_3d_net.{json,md,png}   (--quick: registration_3d_net_quick.*)
+        [--feature-steps 120] [--stem registration_3d_net]
+      -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
 """
 
 import argparse
@@ -34,6 +35,8 @@ def main(argv=None):
     p.add_argument("--ablation", default="mse", help="losses trained once more without augmentation ('' for none)")
     p.add_argument("--instance", default=str(RESULTS / "registration_3d_1level.json"),
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
+    p.add_argument("--feature-steps", type=int, default=120, help="DeepSim feature-net training steps (default 120)")
+    p.add_argument("--stem", default="registration_3d_net", help="result file name without extension")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if not has_shared_data("brain-mr/oasis"):
@@ -47,7 +50,7 @@ def main(argv=None):
         print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
-                          [s.strip() for s in args.ablation.split(",") if s.strip()])
+                          [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem)
     return 0
 
 

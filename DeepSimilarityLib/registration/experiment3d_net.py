@@ -176,17 +176,20 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
 
 
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
-                          steps: int = 1000, instance: dict | None = None, ablation=("mse",), log=print) -> dict:
+                          steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
+                          stem: str = "registration_3d_net", log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used and its Dice on the same test
     pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature steps, no ablation (smoke run).
+    Writes ``{stem}.{json,md,png}``.
     """
     from .report import write_report
 
     t0 = time.perf_counter()
     lambdas = {n: r["lambda"] for n, r in instance["losses"].items()} if instance else None
-    kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation))
+    kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
+                                                                         feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
@@ -203,7 +206,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
               f"CPU thread. {s['minutes_total']:.1f} min in all. Paper column: the paper's 3D networks (hundreds of "
               f"volumes), for ordering only.")
-    stem = "registration_3d_net_quick" if quick else "registration_3d_net"
+    stem = stem + "_quick" if quick else stem
     lines = ["", "| loss | net: test Dice | instance opt.: same pairs | net: training-pair Dice | training s | steps |",
              "|---|---:|---:|---:|---:|---:|"]
     inst = instance_on_test_pairs(instance, s["pairs"]) if instance else {}
