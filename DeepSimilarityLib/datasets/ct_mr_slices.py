@@ -98,9 +98,9 @@ class CTMRSlices:
     def load_pair(self, patient: str, slice_id: int, mr: str = "T1") -> SlicePair:
         """CT slice and MR slice registered onto it (from the cache when valid).
 
-        SimpleITK's multithreaded Mattes MI is not bit-reproducible: two
-        registrations of one slice can differ by about a pixel of
-        translation. The cache pins one result, so later loads agree exactly.
+        The registration runs on one thread with seeded metric sampling, so a
+        cache miss recomputes the same transform; the cache only saves the
+        ~2 s per slice.
         """
         self._check_patient(patient)
         if mr not in MR_MODALITIES:
