@@ -110,7 +110,7 @@ class DeepSimilarityParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     mrVolume: vtkMRMLScalarVolumeNode
     point: vtkMRMLMarkupsFiducialNode
-    metric: Annotated[str, Choice(["learned", "nmi", "lcc", "mind"])] = "nmi"
+    metric: Annotated[str, Choice(["learned", "nmi", "lcc", "mind", "learned+nmi"])] = "nmi"
     neighbourhood: Annotated[int, WithinRange(3, 513)] = 81
     patchSize: Annotated[int, WithinRange(3, 65)] = 17
     autoUpdate: bool = False

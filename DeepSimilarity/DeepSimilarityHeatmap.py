@@ -13,6 +13,11 @@ import tempfile
 IN_PROCESS_POSITIONS = 31 * 31
 
 
+def _uses_network(metric: str) -> bool:
+    """Whether ``metric`` (a name, or names joined by '+') includes the learned network."""
+    return "learned" in metric.split("+")
+
+
 def _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size):
     """``(ct, mr, index)``: the two volumes and the point's continuous CT voxel index ``(x, y[, z])``.
 
@@ -47,7 +52,7 @@ class HeatmapLogicMixin:
     def _metric(self, metric):
         from DeepSimilarityLib.patch_metrics import get_metric
 
-        return get_metric(metric, weights=self.networks.get("similarity")) if metric == "learned" else get_metric(metric)
+        return get_metric(metric, weights=self.networks.get("similarity") if _uses_network(metric) else None)
 
     def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
                         outputNode=None, depth=None):
@@ -92,7 +97,7 @@ class HeatmapLogicMixin:
                 "--out", path["heat.nii.gz"], "--out-json", path["best.json"]]
         if depth:
             args += ["--depth", int(depth)]
-        if metric == "learned" and self.networks.get("similarity"):
+        if _uses_network(metric) and self.networks.get("similarity"):
             args += ["--weights", self.networks["similarity"]]
 
         def on_success(job):

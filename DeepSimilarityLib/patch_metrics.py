@@ -140,11 +140,20 @@ DEFAULT_LEARNED_WEIGHTS = "ctmr_similarity.pt"
 
 
 def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
-    """A metric by name: ``nmi``, ``lcc``, ``mind``, or ``learned`` (the CT/MR network).
+    """A metric by name: ``nmi``, ``lcc``, ``mind``, ``learned`` (the CT/MR network), or
+    names joined by ``+`` (e.g. ``learned+nmi``): the rank sum of their maps
+    (:class:`~.ctmr.cascade.RankSumPatchMetric`, for an MR contrast the network
+    has not seen).
 
     ``learned`` loads ``weights`` (default: ``ctmr_similarity.pt`` in the
     shipped weights folder); a missing file names the command that trains it.
     """
+    if "+" in name:
+        from .ctmr.cascade import RankSumPatchMetric
+
+        if kwargs:
+            raise InputError("metric", f"options {sorted(kwargs)} apply to one metric, not to the rank sum {name!r}")
+        return RankSumPatchMetric(*(get_metric(part, weights=weights) for part in name.split("+")))
     if name == "learned":
         from pathlib import Path
 
@@ -157,5 +166,6 @@ def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
                                    f"'deepsim similarity train --out {path}'")
         return LearnedPatchMetric.from_file(path, **kwargs)
     if name not in HAND_MADE_METRICS:
-        raise InputError("metric", f"unknown metric {name!r}; choose one of {sorted(HAND_MADE_METRICS) + ['learned']}")
+        raise InputError("metric", f"unknown metric {name!r}; choose one of {sorted(HAND_MADE_METRICS) + ['learned']} "
+                                   "or join names by '+' (e.g. learned+nmi)")
     return HAND_MADE_METRICS[name](**kwargs)

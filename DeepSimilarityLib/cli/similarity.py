@@ -18,8 +18,10 @@ def register_parser(sub):
     where.add_argument("--point", type=parse_point, help="patch centre in mm, 'x,y[,z]' (LPS unless --ras)")
     where.add_argument("--index", type=parse_point, help="patch centre as CT voxel index 'i,j[,k]'")
     h.add_argument("--ras", action="store_true", help="--point is in RAS (as Slicer shows it), not LPS")
-    h.add_argument("--metric", default="nmi", help="learned, nmi, lcc or mind (default nmi)")
-    h.add_argument("--weights", help="network file for --metric learned (default: the shipped weights)")
+    h.add_argument("--metric", default="nmi",
+                   help="learned, nmi, lcc or mind, or names joined by '+' for the rank sum of their maps "
+                        "(learned+nmi: robust to an MR contrast the network never saw) (default nmi)")
+    h.add_argument("--weights", help="network file for the learned metric (default: the shipped weights)")
     h.add_argument("--cascade", help="second network (trained with --hard-negatives) cascaded with the first")
     h.add_argument("--patch-size", type=int, default=17, help="odd patch edge in voxels (default 17)")
     h.add_argument("--neighbourhood", type=int, default=81, help="odd in-plane edge of the searched area (default 81)")
@@ -115,7 +117,9 @@ def run_heatmap(args):
             raise InputError("--" + name.replace("_", "-"), f"must be a positive odd number, got {value}")
     from ..patch_metrics import get_metric
 
-    metric = get_metric(args.metric, weights=args.weights) if args.metric == "learned" else get_metric(args.metric)
+    if args.weights and "learned" not in args.metric.split("+"):
+        raise InputError("--weights", f"is for the learned metric, not {args.metric!r}")
+    metric = get_metric(args.metric, weights=args.weights)
     if args.cascade:
         from ..ctmr.cascade import CascadePatchMetric
 

@@ -61,6 +61,7 @@ class RankSumPatchMetric(PatchMetric):
         if len(metrics) < 2:
             raise InputError("metrics", f"a rank sum needs at least two metrics, got {len(metrics)}")
         self.metrics = metrics
+        self.name = "+".join(getattr(m, "name", type(m).__name__) for m in metrics)
 
     def score_map(self, ct_patch, mr_region):
         return sum(percentile_ranks(m.score_map(ct_patch, mr_region)) for m in self.metrics)

@@ -59,6 +59,10 @@ def test_bad_inputs_write_nothing(tmp_path, capsys):
         (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "learned",
           "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "h.nii.gz")], "deepsim similarity train"),
         (["query", "--db", str(tmp_path / "none.db"), "--image", str(ct)], "case database not found"),
+        (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "nmi+lcc",
+          "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "h.nii.gz")], "is for the learned metric"),
+        (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "learned+nmx",
+          "--out", str(tmp_path / "h.nii.gz")], "unknown metric 'nmx'"),
     ]
     for args, message in cases:
         code, io = run(args, capsys)
@@ -97,6 +101,17 @@ def test_train_then_learned_heatmap_2d_and_3d(tmp_path, capsys):
     assert main(["similarity", "heatmap", "--ct", str(ct), "--mr", str(mr), "--index", "60,128", "--metric", "learned",
                  "--weights", str(weights), "--cascade", str(weights), "--out", str(heat)]) == 0
     assert read_image(heat).array.shape == (81, 81)
+    # the rank sum of the trained network (not the shipped one) and NMI: sums of two percentile ranks in (0, 2]
+    assert main(["similarity", "heatmap", "--ct", str(ct), "--mr", str(mr), "--index", "60,128", "--metric",
+                 "learned+nmi", "--weights", str(weights), "--neighbourhood", "21", "--out", str(heat)]) == 0
+    from DeepSimilarityLib.heatmap import similarity_heatmap
+    from DeepSimilarityLib.patch_metrics import get_metric
+
+    expected = similarity_heatmap(read_image(ct), read_image(mr), index=(60, 128), neighbourhood=21,
+                                  metric=get_metric("learned+nmi", weights=weights))
+    summed = read_image(heat).array
+    np.testing.assert_allclose(summed, expected.scores.array, atol=1e-6)
+    assert 0 < summed.min() and summed.max() <= 2.0
     # A 2D network refuses 3D patches with a clear error, not a shape trace.
     ct3, mr3 = tmp_path / "ct3.nii.gz", tmp_path / "mr3.nii.gz"
     assert main(["phantom", "--shape", "40,64,64", "--out-ct", str(ct3), "--out-mr", str(mr3)]) == 0

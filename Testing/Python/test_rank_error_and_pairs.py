@@ -212,3 +212,20 @@ def test_leave_patient_out_trains_on_extra_sequence_of_training_patients_only(mo
     fold_a, fold_b = ([id(s) for s in slices] for slices in trained_on)
     assert fold_a == [id(t1["B"][0]), id(t2["B"][0])]
     assert fold_b == [id(t1["A"][0]), id(t2["A"][0])]
+
+
+def test_get_metric_joins_names_into_a_rank_sum():
+    from DeepSimilarityLib.ctmr.cascade import RankSumPatchMetric, percentile_ranks
+    from DeepSimilarityLib.errors import InputError
+
+    metric = get_metric("nmi+lcc")
+    assert isinstance(metric, RankSumPatchMetric) and metric.name == "nmi+lcc"
+    rng = np.random.default_rng(0)
+    patch, region = rng.random((7, 7)), rng.random((15, 15))
+    expected = percentile_ranks(get_metric("nmi").score_map(patch, region)) + \
+        percentile_ranks(get_metric("lcc").score_map(patch, region))
+    np.testing.assert_allclose(metric.score_map(patch, region), expected)
+    with pytest.raises(InputError, match="apply to one metric"):
+        get_metric("nmi+lcc", bins=16)
+    with pytest.raises(InputError, match="unknown metric 'xyz'"):
+        get_metric("nmi+xyz")

@@ -208,6 +208,17 @@ def test_heatmap_job_equals_the_in_process_map(logic):
     assert best == pytest.approx(expected_best)
     with pytest.raises(ValueError, match="point"):
         logic.heatmap_job(ctNode, mrNode, (1e4, 0.0, 0.0), launcher=launcher)
+    # learned+nmi (the rank sum) runs the Networks panel's similarity network in the job as in process
+    logic.networks["similarity"] = str(ROOT / "weights" / "ctmr_similarity.pt")
+    expected, expected_best = logic.compute_heatmap(ctNode, mrNode, point, "learned+nmi", neighbourhood=11,
+                                                    patch_size=17)
+    job = logic.heatmap_job(ctNode, mrNode, point, "learned+nmi", neighbourhood=11, patch_size=17, launcher=launcher)
+    finish(job)
+    assert job.state == "succeeded", job.error
+    assert launcher.calls[-1][launcher.calls[-1].index("--weights") + 1] == logic.networks["similarity"]
+    heat, best = job.result
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(heat), slicer.util.arrayFromVolume(expected), atol=1e-5)
+    assert best == pytest.approx(expected_best)
 
 
 # ------------------------------------------------------ registration and Dice
