@@ -39,7 +39,8 @@ def register_parser(sub):
     source.add_argument("--phantom", action="store_true", help="train on phantom slices (no real data needed)")
     source.add_argument("--ct-image", help="train on this CT image file (2D or 3D) and --mr-image, registered to it")
     t.add_argument("--mr-image", help="MR image file registered to --ct-image (resampled onto its grid if needed)")
-    t.add_argument("--mr", default="T1", choices=["T1", "T2"], help="MR sequence (default T1)")
+    t.add_argument("--mr", default="T1", choices=["T1", "T2", "T1,T2"],
+                   help="MR sequence; T1,T2 trains on both sequences' pairs, for MR contrasts beyond T1 (default T1)")
     t.add_argument("--dim", type=int, default=2, choices=[2, 3],
                    help="2: 17x17 patches; 3: 17x17x17 patches from the 3D phantom, first layer 2 x 512 (default 2)")
     t.add_argument("--pairs", type=int, default=2000, help="positive pairs; as many negatives are added (default 2000)")

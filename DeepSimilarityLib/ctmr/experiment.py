@@ -126,10 +126,13 @@ def training_slices(region: str = "head", patients: str | None = None, phantom: 
     for p in chosen:
         if p not in dataset.patients():
             raise InputError("--patients", f"unknown patient {p!r}; known: {', '.join(dataset.patients())}")
-    by_patient = select_slices(load_region(dataset, mr=mr, patients=chosen), max_outline_distance, downsample)
-    slices = [s for p in chosen for s in by_patient[p]]
-    return slices, (f"ct-mr-slices {mr}: {', '.join(chosen)}; {len(slices)} slices with body outlines within "
-                    f"{max_outline_distance} px after registration, downsampled x{downsample}")
+    slices, counts = [], []
+    for sequence in mr.split(","):  # "T1,T2": the CT/T1 and the CT/T2 pairs, each registered to its CT
+        by_patient = select_slices(load_region(dataset, mr=sequence, patients=chosen), max_outline_distance, downsample)
+        slices += [s for p in chosen for s in by_patient[p]]
+        counts.append(f"{sum(len(by_patient[p]) for p in chosen)} {sequence}")
+    return slices, (f"ct-mr-slices {mr}: {', '.join(chosen)}; {' + '.join(counts)} slices with body outlines "
+                    f"within {max_outline_distance} px after registration, downsampled x{downsample}")
 
 
 def test_patches(slices: list, n: int, rng: np.random.Generator) -> list:

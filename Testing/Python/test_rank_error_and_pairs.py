@@ -229,3 +229,20 @@ def test_get_metric_joins_names_into_a_rank_sum():
         get_metric("nmi+lcc", bins=16)
     with pytest.raises(InputError, match="unknown metric 'xyz'"):
         get_metric("nmi+xyz")
+
+
+def test_training_slices_of_two_mr_sequences(isolated_cache, monkeypatch):
+    """``--mr T1,T2``: one patient's kept CT/T1 and CT/T2 pairs, counted apart in the description."""
+    from conftest import require_data
+
+    require_data("ct-mr-slices")
+    from DeepSimilarityLib.ctmr.experiment import training_slices
+    from DeepSimilarityLib.datasets import CTMRSlices
+
+    slice_ids = CTMRSlices.slice_ids
+    monkeypatch.setattr(CTMRSlices, "slice_ids", lambda self, p: slice_ids(self, p)[3:6])  # 6 registrations, not 18
+
+    t1, _ = training_slices(patients="Patient_04", mr="T1")
+    both, source = training_slices(patients="Patient_04", mr="T1,T2")
+    assert len(both) > len(t1) and all(a is b or np.array_equal(a[1], b[1]) for a, b in zip(t1, both))
+    assert f"{len(t1)} T1 + {len(both) - len(t1)} T2 slices" in source
