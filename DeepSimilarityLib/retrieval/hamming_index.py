@@ -80,6 +80,7 @@ class _Index:
         self._codes = np.empty((0, self.width), self.dtype)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._faiss = None
+        self._generation = 0  # bumped whenever the stored codes change
 
     def __len__(self) -> int:
         return len(self._ids) + sum(len(i) for i, _ in self._pending)
@@ -108,6 +109,7 @@ class _Index:
         else:
             self._faiss = None
         self._ids, self._codes, self._pending = ids, codes, []
+        self._generation += 1
 
     def remove(self, ids) -> int:
         """Drop the given ids; returns how many were present. The faiss index is rebuilt at the next search."""
@@ -116,6 +118,7 @@ class _Index:
         removed = int(np.count_nonzero(~keep))
         if removed:
             self._ids, self._codes, self._faiss = self._ids[keep], self._codes[keep], None
+            self._generation += 1
         return removed
 
     def codes_of(self, ids) -> np.ndarray:
@@ -218,12 +221,12 @@ class HammingIndex(_Index):
 
     def radii(self, queries, k: int) -> np.ndarray:
         """Per query, the radius whose ball should hold about ``BALL * k`` codes ``(Q,)``: the matching
-        order statistic of the distances to a random sample of the codes (redrawn when the index changed
-        size). Only an estimate: the exact search checks that each ball holds at least k codes."""
+        order statistic of the distances to a random sample of the codes (redrawn when the codes
+        changed). Only an estimate: the exact search checks that each ball holds at least k codes."""
         n = len(self._ids)
-        if self._sample is None or self._sample[0] != n:
+        if self._sample is None or self._sample[0] != self._generation:
             rows = np.random.default_rng(n).integers(0, n, min(n, self.sample_size))
-            self._sample = (n, self._codes[rows], self.n_bits // 4)
+            self._sample = (self._generation, self._codes[rows], self.n_bits // 4)
         _, sample, radius = self._sample
         hits = min(max(-(-self.BALL * k * len(sample) // n), 1), len(sample))  # sample codes in the ball
         out = np.empty(len(queries), np.int64)
@@ -236,7 +239,7 @@ class HammingIndex(_Index):
             while radius > 0 and np.count_nonzero(d < radius) >= hits:
                 radius -= 1
             out[q] = radius
-        self._sample = (n, sample, radius)
+        self._sample = (self._generation, sample, radius)
         return out
 
     def _range_top_k(self, index, queries, k, radii=None):

@@ -90,11 +90,16 @@ def test_range_search_sample_follows_adds_and_removes():
     index = HammingIndex(64, range_above=0, sample_size=500)
     index.add(np.arange(2000), codes[:2000])
     index.search(codes[:1], 10)
-    assert index._sample[0] == 2000
+    first = index._sample[1]
+    assert len(first) == 500 and any((codes[:2000] == first[0]).all(axis=1))
     index.add(np.arange(2000, 3000), codes[2000:])
-    assert index.search(codes[2500:2501], 1)[0][0, 0] == 2500 and index._sample[0] == 3000
-    index.remove([2500])
-    assert index.search(codes[2500:2501], 1)[0][0, 0] != 2500 and index._sample[0] == 2999
+    assert index.search(codes[2500:2501], 1)[0][0, 0] == 2500 and index._sample[1] is not first
+    # a remove and an add of as many codes keep the size, yet the sample is redrawn from the new codes
+    index.remove(np.arange(3000))
+    fresh = random_codes(3000, 64, 12)
+    index.add(np.arange(3000), fresh)
+    index.search(fresh[:1], 5)
+    assert all(any((fresh == c).all(axis=1)) for c in index._sample[1])
 
 
 def test_adding_after_a_search_extends_the_index_and_remove_drops_codes():
