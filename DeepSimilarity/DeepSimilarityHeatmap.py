@@ -50,9 +50,19 @@ class HeatmapLogicMixin:
         return int(neighbourhood) ** 2 > IN_PROCESS_POSITIONS
 
     def _metric(self, metric):
+        """The metric object, kept between maps: building the learned one reads its file and times its
+        precisions (about 0.5 s), which a point dragged with Auto update would otherwise pay per map."""
         from DeepSimilarityLib.patch_metrics import get_metric
 
-        return get_metric(metric, weights=self.networks.get("similarity") if _uses_network(metric) else None)
+        weights = self.networks.get("similarity") if _uses_network(metric) else None
+        stamp = os.stat(weights) if weights and os.path.exists(weights) else None
+        key = (metric, weights, stamp and (stamp.st_mtime_ns, stamp.st_size))  # a retrained file is a new key
+        cache = self.__dict__.setdefault("_heatmapMetrics", {})
+        if key not in cache:
+            for old in [k for k in cache if k[:2] == key[:2]]:
+                del cache[old]
+            cache[key] = get_metric(metric, weights=weights)
+        return cache[key]
 
     def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
                         outputNode=None, depth=None):

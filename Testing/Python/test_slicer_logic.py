@@ -137,6 +137,25 @@ def test_heatmap_node_has_the_library_scores_and_geometry(logic, phantom):
     assert again is heat and nodes.volume_from_node(heat).array.shape == (5, 5)
 
 
+def test_heatmap_metric_is_kept_between_maps_until_the_network_changes(logic, tmp_path):
+    import os
+    import shutil
+
+    from DeepSimilarityLib.paths import shipped_weights
+
+    net = tmp_path / "net.pt"
+    shutil.copy(shipped_weights("ctmr_similarity.pt"), net)
+    logic.networks["similarity"] = str(net)
+    learned = logic._metric("learned")
+    assert logic._metric("learned") is learned and logic._metric("nmi") is logic._metric("nmi")
+    assert logic._metric("learned+nmi").metrics[0] is not learned  # its own object, also kept
+    os.utime(net, ns=(1, 1))  # the file was replaced (a retrained network at the same path)
+    assert logic._metric("learned") is not learned
+    renewed = logic._metric("learned")
+    logic.networks["similarity"] = str(shipped_weights("ctmr_similarity.pt"))  # another network chosen
+    assert logic._metric("learned") is not renewed
+
+
 def test_heatmap_rejects_bad_input(logic, phantom):
     ctNode = add_volume(phantom[0], "ct")
     with pytest.raises(ValueError, match="MR volume"):
