@@ -20,6 +20,8 @@ def register_parser(sub):
     r.add_argument("--also-train-on", choices=["T1", "T2"],
                    help="another MR sequence whose CT/MR pairs join the training slices (the training patients' "
                         "only; testing stays on --mr): more than one MR contrast to learn from")
+    r.add_argument("--also-train-on-region", choices=["head", "body"],
+                   help="the other region's patients (never tested) join every fold's training slices, same --mr")
     r.add_argument("--n-test", type=int, default=300, help="test skull patches over all folds (default 300)")
     r.add_argument("--pairs", type=int, default=2000, help="positive training pairs per fold (default 2000)")
     r.add_argument("--setting", default="modern", choices=["paper", "modern"],
@@ -133,6 +135,10 @@ def run_rank_error(args):
         if unknown:
             raise InputError("--variants", f"unknown {unknown}; choose from {sorted(SHORT_VARIANTS)}")
         variants = tuple(SHORT_VARIANTS[v] for v in names)
+    if args.also_train_on == args.mr:
+        raise InputError("--also-train-on", f"{args.mr} is already the tested sequence (--mr)")
+    if args.also_train_on_region == args.region:
+        raise InputError("--also-train-on-region", f"{args.region} is already the tested region (--region)")
     if args.threads:
         torch.set_num_threads(args.threads)
     all_slices = load_region(CTMRSlices(), args.region, mr=args.mr)
@@ -140,29 +146,35 @@ def run_rank_error(args):
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
     extra = None
     if args.also_train_on:
-        if args.also_train_on == args.mr:
-            raise InputError("--also-train-on", f"{args.also_train_on} is already the tested sequence (--mr)")
         extra = select_slices(load_region(CTMRSlices(), args.region, mr=args.also_train_on),
                               args.max_outline_distance, args.downsample)
+    if args.also_train_on_region:
+        other = select_slices(load_region(CTMRSlices(), args.also_train_on_region, mr=args.mr),
+                              args.max_outline_distance, args.downsample)
+        extra = {**(extra or {}), **other}
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
                                variants=variants, seed=args.seed, cascade=args.cascade,
                                rank_sum_nmi=args.rank_sum_nmi, extra_train=extra, **recipe_kwargs(args))
     stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
-        + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if extra else "")
+        + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
+        + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
     header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
               f"{len(result['folds'])} folds, {args.pairs}+{args.pairs * args.negatives} training pairs per fold, setting {args.setting}, "
               f"{describe_recipe(args)}"
-              + (f", training slices also the training patients' CT/{args.also_train_on} pairs "
-                 f"({sum(map(len, extra.values()))} slices)" if extra else "") + ".\n"
+              + (f", training slices also the training patients' CT/{args.also_train_on} pairs"
+                 if args.also_train_on else "")
+              + (f", training slices also the {args.also_train_on_region} patients' (never tested)"
+                 if args.also_train_on_region else "")
+              + (f" ({sum(map(len, extra.values()))} extra slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
                 "pairs_positive": args.pairs, **recipe_kwargs(args), "rank_sum_nmi": args.rank_sum_nmi,
-                "also_train_on": args.also_train_on,
+                "also_train_on": args.also_train_on, "also_train_on_region": args.also_train_on_region,
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
                 "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
                 "train_seconds": result["train_seconds"]},
