@@ -8,8 +8,10 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--stem registration_3d_net]
+        [--feature-steps 120] [--lambda-factors 0.0625,0.25,1] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
+    python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
+      -> one report from runs of disjoint --losses (e.g. one process per core)
 """
 
 import argparse
@@ -26,7 +28,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv=None):
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
-    from DeepSimilarityLib.registration.experiment3d_net import run_and_report_3d_net
+    from DeepSimilarityLib.registration.experiment3d_net import (merge_3d_net_results, report_3d_net,
+                                                                 run_and_report_3d_net)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")
@@ -36,21 +39,34 @@ def main(argv=None):
     p.add_argument("--instance", default=str(RESULTS / "registration_3d_1level.json"),
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
     p.add_argument("--feature-steps", type=int, default=120, help="DeepSim feature-net training steps (default 120)")
+    p.add_argument("--lambda-factors", default="1",
+                   help="comma-separated factors on each loss's lambda; with several, the smallest lambda whose "
+                        "training-pair folding stays under 1%% is reported (label-free)")
+    p.add_argument("--merge", default="", help="comma-separated result JSONs of disjoint losses: write one report")
     p.add_argument("--stem", default="registration_3d_net", help="result file name without extension")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
+    instance = json.loads(Path(args.instance).read_text()) if Path(args.instance).is_file() else None
+    if instance is not None:
+        instance["source"] = Path(args.instance).name
+    if args.merge:
+        runs = [json.loads(Path(f.strip()).read_text()) for f in args.merge.split(",")]
+        report_3d_net(merge_3d_net_results(runs), args.out_dir, args.stem, instance)
+        return 0
+    try:
+        factors = [float(f) for f in args.lambda_factors.split(",")]
+    except ValueError:
+        p.error(f"--lambda-factors: not a comma-separated list of numbers: {args.lambda_factors!r}")
     if not has_shared_data("brain-mr/oasis"):
         print("needs ../shared/data/brain-mr (see its README); nothing to evaluate", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    instance = json.loads(Path(args.instance).read_text()) if Path(args.instance).is_file() else None
-    if instance is not None:
-        instance["source"] = Path(args.instance).name
-    else:
+    if instance is None:
         print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
-                          [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem)
+                          [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
+                          factors)
     return 0
 
 

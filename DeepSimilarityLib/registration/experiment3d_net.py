@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .compare import INSTANCE_LOSSES, LAMBDA_CENTRE
+from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE
 from .data import load_brain_volumes
 from .experiment3d import downsampled, feature_nets, score
 from .losses import make_loss
@@ -115,22 +115,40 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
             resize_displacement(ddf, full)
             ms.append(1000 * (time.perf_counter() - t1))
     test = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TEST_PAIRS]
-    train = [score(ddfs[p], labels[p[0]], labels[p[1]])["dice"] for p in TRAIN_PAIRS]
+    train = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TRAIN_PAIRS]
     return {"dice": [r["dice"] for r in test], "dice_per_label": [r["dice_per_label"] for r in test],
-            "folding": [r["folding"] for r in test], "lambda": lam, "train_dice": train,
+            "folding": [r["folding"] for r in test], "lambda": lam, "train_dice": [r["dice"] for r in train],
+            "train_folding": [r["folding"] for r in train],
             "train_seconds": hist["seconds"], "steps": epochs * len(TRAIN_PAIRS),
             "loss_first_last": [hist["loss"][0], hist["loss"][-1]], "inference_ms": float(np.median(ms)),
             "seconds_per_pair": float(np.median(ms)) / 1000, "augment": augment}
 
 
+def choose_by_training_folding(sweep: list, folding_limit: float = FOLDING_LIMIT) -> int:
+    """Index of the run with the smallest lambda whose mean folding on the training pairs is under the limit.
+
+    The nets' counterpart of the instance benchmark's calibration rule: it reads no label and no
+    test pair. When every lambda folds too much, the largest lambda is taken.
+    """
+    order = sorted(range(len(sweep)), key=lambda i: sweep[i]["lambda"])
+    ok = [i for i in order if np.mean(sweep[i]["train_folding"]) < folding_limit]
+    return ok[0] if ok else order[-1]
+
+
 def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
-                          augment: bool = True, ablation=(), seed: int = 0, log=print) -> dict:
+                          augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
+                          log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
-    ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``ablation``: losses trained a second
-    time with the other ``augment`` setting, kept under ``result["ablation"]`` (not in the table).
+    ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``lambda_factors``: with more
+    than one, each loss is trained at every ``lambda x factor`` and the run
+    :func:`choose_by_training_folding` picks is reported (all runs under ``["sweep"]``).
+    ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
+    ``result["ablation"]`` (not in the table).
     """
+    if not lambda_factors or min(lambda_factors) <= 0:
+        raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
     lambdas = {**INSTANCE_LAMBDA, **(lambdas or {})}
     unknown = [n for n in list(losses) + list(ablation) if n not in INSTANCE_LAMBDA]
     if unknown:
@@ -142,7 +160,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images.shape[2:]), "factor": factor,
                      "train_pairs": names(TRAIN_PAIRS), "pairs": names(TEST_PAIRS), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
-                     "seed": seed, "feature_training": "the vxm subject only"}, "losses": {}}
+                     "seed": seed, "feature_training": "the vxm subject only",
+                     "lambda_factors": list(lambda_factors)}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in TEST_PAIRS]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -151,19 +170,26 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     nets, out["setup"]["feature_nets"] = feature_nets(vols, list(images[:, None]), modes, feature_steps, feature_lr,
                                                       factor, seed, log, subjects=FEATURE_SUBJECTS)
 
-    def run(name, aug):
+    def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
-        r = train_and_score(name, images, vols.labels, lambdas[name], nets[(mode, 0)] if mode else None, steps, lr,
+        r = train_and_score(name, images, vols.labels, lam, nets[(mode, 0)] if mode else None, steps, lr,
                             aug, seed, log)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
-            f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% ({r['train_seconds']:.0f} s "
-            f"training, {r['inference_ms']:.0f} ms per pair)")
+            f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
+            f"{100 * np.mean(r['train_folding']):.3f}%; {r['train_seconds']:.0f} s training, "
+            f"{r['inference_ms']:.0f} ms per pair)")
         return r
 
     for name in losses:
-        out["losses"][name] = run(name, augment)
+        sweep = [run(name, augment, lambdas[name] * f) for f in lambda_factors]
+        chosen = choose_by_training_folding(sweep)
+        out["losses"][name] = dict(sweep[chosen])
+        if len(sweep) > 1:
+            log(f"{name:12s} lambda {sweep[chosen]['lambda']:g} chosen by training-pair folding")
+            out["losses"][name]["sweep"] = [{k: r[k] for k in ("lambda", "dice", "folding", "train_dice",
+                                                               "train_folding", "train_seconds")} for r in sweep]
     if ablation:
-        out["ablation"] = {name: run(name, not augment) for name in ablation}
+        out["ablation"] = {name: run(name, not augment, lambdas[name]) for name in ablation}
     return out
 
 
@@ -177,36 +203,74 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
 
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
-                          stem: str = "registration_3d_net", log=print) -> dict:
+                          stem: str = "registration_3d_net", lambda_factors=(1.0,), log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
-    ``instance``: the instance benchmark's result; its lambdas are used and its Dice on the same test
-    pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature steps, no ablation (smoke run).
-    Writes ``{stem}.{json,md,png}``.
+    ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
+    its Dice on the same test pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature
+    steps, no ablation (smoke run). Writes ``{stem}.{json,md,png}``.
     """
-    from .report import write_report
-
     t0 = time.perf_counter()
     lambdas = {n: r["lambda"] for n, r in instance["losses"].items()} if instance else None
     kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
                                                                          feature_steps=feature_steps)
-    result = run_net_comparison_3d(list(losses), lambdas=lambdas, log=log, **kw)
+    result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors), log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
+    s["quick"] = quick
+    report_3d_net(result, out_dir, stem + "_quick" if quick else stem, instance, log)
+    return result
+
+
+def merge_3d_net_results(results: list) -> dict:
+    """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
+
+    The setups must agree except for timing and feature-net entries; minutes add up.
+    """
+    if not results:
+        raise InputError("results", "nothing to merge")
+    ignore = ("minutes_total", "feature_nets")
+    first = {k: v for k, v in results[0]["setup"].items() if k not in ignore}
+    out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
+    for i, r in enumerate(results):
+        setup = {k: v for k, v in r["setup"].items() if k not in ignore}
+        if setup != first:
+            diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
+            raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
+        twice = set(r["losses"]) & set(out["losses"])
+        if twice:
+            raise InputError(f"results[{i}]", f"losses {sorted(twice)} appear in more than one run")
+        out["losses"].update(r["losses"])
+        for key in ("ablation",):
+            if key in r:
+                out.setdefault(key, {}).update(r[key])
+        out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
+    out["setup"]["minutes_total"] = sum(r["setup"].get("minutes_total", 0.0) for r in results)
+    return out
+
+
+def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None, log=print) -> str:
+    """Writes ``{stem}.{json,md,png}`` for a :func:`run_net_comparison_3d` result; returns the markdown."""
+    from .report import write_report
+
+    s = result["setup"]
     g = "x".join(str(n) for n in s["network_grid"])
-    header = (("QUICK SMOKE RUN, NOT A RESULT. " if quick else "") +
+    factors = s.get("lambda_factors", [1.0])
+    lam = (f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
+           if len(factors) == 1 else
+           f"lambda per loss: {s['lambda_source']}'s times {factors}, the smallest whose folding on the training "
+           f"pairs stays under {100 * FOLDING_LIMIT:g}% (label-free; every run under 'sweep' in the JSON)")
+    header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on the held-out "
               f"directed pairs {' and '.join(s['pairs'])}\n\nTrained on the 4 directed pairs vxm <-> OASIS 0001 / "
               f"0002 on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
               f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
-              f"for both images of a sample); lambda per loss from {s['lambda_source']} (the 3D instance "
-              f"benchmark's label-free folding rule). DeepSim feature nets: 3D, {s['feature_steps']} steps, the vxm "
+              f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, the vxm "
               f"subject only. Dice over seg35 labels on the full {'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
               f"CPU thread. {s['minutes_total']:.1f} min in all. Paper column: the paper's 3D networks (hundreds of "
               f"volumes), for ordering only.")
-    stem = stem + "_quick" if quick else stem
     lines = ["", "| loss | net: test Dice | instance opt.: same pairs | net: training-pair Dice | training s | steps |",
              "|---|---:|---:|---:|---:|---:|"]
     inst = instance_on_test_pairs(instance, s["pairs"]) if instance else {}
@@ -217,6 +281,17 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     for name, r in rows:
         lines.append(f"| {name} | {np.mean(r['dice']):.3f} | {ref(name)} | {np.mean(r['train_dice']):.3f} | "
                      f"{r['train_seconds']:.0f} | {r['steps']} |")
-    log(write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid",
-                     footer="\n".join(lines) + "\n"))
-    return result
+    swept = [(n, r) for n, r in result["losses"].items() if len(r.get("sweep", [])) > 1]
+    if swept:
+        lines += ["", "Lambda sweep (chosen by training-pair folding alone; test Dice shown for every run):", "",
+                  "| loss | lambda | training-pair folding % | test Dice | test folding % | chosen |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for name, r in swept:
+            for run in r["sweep"]:
+                lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | "
+                             f"{np.mean(run['dice']):.3f} | {100 * np.mean(run['folding']):.3f} | "
+                             f"{'yes' if run['lambda'] == r['lambda'] else ''} |")
+    text = write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid",
+                        footer="\n".join(lines) + "\n")
+    log(text)
+    return text

@@ -122,3 +122,46 @@ def test_report_has_the_table_and_the_instance_comparison(tmp_path, monkeypatch)
     assert "| mse | 0.610 |" in text  # the Dice table
     assert "| mse | 0.610 | 0.670 | 0.610 | 12 | 16 |" in text  # net vs instance optimisation on the same pairs
     assert (tmp_path / "registration_3d_net_quick.json").is_file() and (tmp_path / "registration_3d_net_quick.png").is_file()
+
+
+def test_lambda_rule_takes_the_smallest_lambda_under_the_folding_limit():
+    sweep = [{"lambda": 0.1, "train_folding": [0.002, 0.004]}, {"lambda": 0.001, "train_folding": [0.03, 0.01]},
+             {"lambda": 0.01, "train_folding": [0.009, 0.0]}]
+    assert net3d.choose_by_training_folding(sweep) == 2  # 0.001 folds 2% on average; 0.01 is the smallest under 1%
+    assert net3d.choose_by_training_folding(sweep, folding_limit=0.05) == 1
+    assert net3d.choose_by_training_folding(sweep, folding_limit=0.001) == 0  # none under: the largest lambda
+    with pytest.raises(InputError, match="lambda_factors"):
+        net3d.run_net_comparison_3d(["mse"], lambda_factors=(0.5, 0.0))
+
+
+def run_result(losses: dict, minutes: float, **setup) -> dict:
+    base = {"network_grid": [4, 4, 4], "factor": 4, "pairs": ["a -> b", "b -> a"], "steps": 16, "lr": 3e-3,
+            "augment": True, "feature_steps": 5, "grid": [16, 16, 16], "lambda_factors": [0.25, 1.0],
+            "lambda_source": "inst.json", "minutes_total": minutes}
+    return {"setup": {**base, **setup}, "affine_only": {"dice": [0.45, 0.47], "folding": [0.0, 0.0]}, "losses": losses}
+
+
+def loss_result(lam: float, dice: float, sweep=None) -> dict:
+    r = {"dice": [dice, dice], "dice_per_label": [{}, {}], "folding": [0.001, 0.0], "lambda": lam,
+         "seconds_per_pair": 0.2, "train_dice": [0.61], "train_folding": [0.002], "train_seconds": 12.0, "steps": 16}
+    return {**r, "sweep": sweep} if sweep else r
+
+
+def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path):
+    sweep = [{"lambda": 0.01, "dice": [0.5, 0.52], "folding": [0.0, 0.0], "train_dice": [0.6],
+              "train_folding": [0.02], "train_seconds": 10.0},
+             {"lambda": 0.04, "dice": [0.6, 0.62], "folding": [0.0, 0.0], "train_dice": [0.6],
+              "train_folding": [0.001], "train_seconds": 10.0}]
+    a = run_result({"deepsim-seg": loss_result(0.04, 0.61, sweep)}, 30.0, feature_nets={"seg:vxm": {}})
+    b = run_result({"mse": loss_result(0.0025, 0.6)}, 20.0)
+    merged = net3d.merge_3d_net_results([a, b])
+    assert list(merged["losses"]) == ["deepsim-seg", "mse"] and merged["setup"]["minutes_total"] == 50.0
+    assert merged["setup"]["feature_nets"] == {"seg:vxm": {}}
+    text = net3d.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
+    assert "the smallest whose folding on the training pairs stays under 1%" in text
+    assert "| deepsim-seg | 0.01 | 2.000 | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
+    assert "| deepsim-seg | 0.04 | 0.100 | 0.610 | 0.000 | yes |" in text
+    with pytest.raises(InputError, match="more than one run"):
+        net3d.merge_3d_net_results([a, a])
+    with pytest.raises(InputError, match=r"results\[1\].*steps"):
+        net3d.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
