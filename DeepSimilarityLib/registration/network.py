@@ -9,6 +9,8 @@ voxels of the network grid, channel ``i`` along tensor axis ``i + 2``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiffusionLoss
@@ -20,6 +22,15 @@ from ..errors import InputError
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
 
 KIND = "deepsim-registration"
+
+# Two MONAI warnings that say nothing a user can act on, printed on every command line run:
+# Warp announces that it uses PyTorch's grid_sample (it has no compiled alternative here), and
+# DiffusionLoss's spatial gradient indexes with a list, which PyTorch flags as deprecated. Only
+# these two messages from these two modules are silenced.
+warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample",
+                        module="monai.networks.blocks.warp")
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                        module="monai.losses.deform")
 
 
 class RegistrationNet(nn.Module):
