@@ -8,7 +8,7 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--lambda-factors 0.0625,0.25,1] [--stem registration_3d_net]
+        [--feature-steps 120] [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
       -> one report from runs of disjoint --losses (e.g. one process per core)
@@ -40,8 +40,10 @@ def main(argv=None):
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
     p.add_argument("--feature-steps", type=int, default=120, help="DeepSim feature-net training steps (default 120)")
     p.add_argument("--lambda-factors", default="1",
-                   help="comma-separated factors on each loss's lambda; with several, the smallest lambda whose "
-                        "training-pair folding stays under 1%% is reported (label-free)")
+                   help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
+    p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
+                   help="validation: best Dice on synthetic deformations of the vxm subject (default); folding: "
+                        "smallest lambda whose training-pair folding stays under 1%%")
     p.add_argument("--merge", default="", help="comma-separated result JSONs of disjoint losses: write one report")
     p.add_argument("--stem", default="registration_3d_net", help="result file name without extension")
     p.add_argument("--out-dir", default=str(RESULTS))
@@ -66,7 +68,7 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors)
+                          factors, args.lambda_rule)
     return 0
 
 

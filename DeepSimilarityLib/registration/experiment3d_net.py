@@ -83,11 +83,38 @@ def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Ge
     return both[:, :1], both[:, 1:]
 
 
+def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4, amplitude: float = 1.5,
+                         control=(7, 6, 5), seed: int = 0) -> list:
+    """``count`` validation targets ``(fixed image (1, 1, d, h, w), fixed labels (D, H, W))`` from ONE subject.
+
+    Each fixed image is ``image`` warped by a smooth random displacement (normal, sd ``amplitude``
+    voxels of the network grid, on a ``control`` grid upsampled trilinearly), its labels by the same
+    field on the full grid; the moving image is ``image`` itself. Why: the only labels outside the
+    test pair belong to the vxm subject, so a label-based choice of lambda must be made on
+    deformations of that subject (a stand-in for a validation split of real pairs).
+    """
+    from monai.networks.blocks import Warp
+
+    from .network import warp_nearest
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        coarse = amplitude * torch.randn((1, image.ndim - 2) + tuple(control), generator=generator)
+        field = F.interpolate(coarse, size=image.shape[2:], mode="trilinear", align_corners=False)
+        fixed = Warp(mode="bilinear", padding_mode="border")(image, field)
+        full = resize_displacement(field, labels.shape)
+        fixed_labels = warp_nearest(torch.from_numpy(labels.astype(np.int64))[None, None], full)[0, 0].numpy()
+        out.append((fixed, fixed_labels))
+    return out
+
+
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
-                    augment: bool, seed: int, log=print) -> dict:
+                    augment: bool, seed: int, log=print, validation: list | None = None) -> dict:
     """Train one net on :data:`TRAIN_PAIRS` for ``steps`` samples and score it on the test and training pairs.
 
     ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
+    ``validation``: :func:`synthetic_validation` targets of subject 0 (vxm), scored as ``val_dice``.
     Returns the test scores in the layout :mod:`.report` reads, plus training Dice, seconds, inference ms.
     """
     loss = make_loss(name, 3, feature_net)
@@ -114,11 +141,13 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
             ddfs[(m, f)] = ddf = net.displacement(images[m:m + 1], images[f:f + 1])
             resize_displacement(ddf, full)
             ms.append(1000 * (time.perf_counter() - t1))
+        val = [score(net.displacement(images[:1], fixed), labels[0], fixed_labels)["dice"]
+               for fixed, fixed_labels in (validation or [])]
     test = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TEST_PAIRS]
     train = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TRAIN_PAIRS]
     return {"dice": [r["dice"] for r in test], "dice_per_label": [r["dice_per_label"] for r in test],
             "folding": [r["folding"] for r in test], "lambda": lam, "train_dice": [r["dice"] for r in train],
-            "train_folding": [r["folding"] for r in train],
+            "train_folding": [r["folding"] for r in train], "val_dice": val,
             "train_seconds": hist["seconds"], "steps": epochs * len(TRAIN_PAIRS),
             "loss_first_last": [hist["loss"][0], hist["loss"][-1]], "inference_ms": float(np.median(ms)),
             "seconds_per_pair": float(np.median(ms)) / 1000, "augment": augment}
@@ -135,20 +164,32 @@ def choose_by_training_folding(sweep: list, folding_limit: float = FOLDING_LIMIT
     return ok[0] if ok else order[-1]
 
 
+def choose_by_validation_dice(sweep: list) -> int:
+    """Index of the run with the highest mean Dice on the synthetic vxm validation (ties: larger lambda)."""
+    return max(range(len(sweep)), key=lambda i: (np.mean(sweep[i]["val_dice"]), sweep[i]["lambda"]))
+
+
+LAMBDA_RULES = {"folding": choose_by_training_folding, "validation": choose_by_validation_dice}
+
+
 def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
-                          log=print) -> dict:
+                          lambda_rule: str = "validation", log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``lambda_factors``: with more
-    than one, each loss is trained at every ``lambda x factor`` and the run
-    :func:`choose_by_training_folding` picks is reported (all runs under ``["sweep"]``).
+    than one, each loss is trained at every ``lambda x factor`` and the run ``lambda_rule`` picks is
+    reported (all runs under ``["sweep"]``): ``"validation"`` (:func:`choose_by_validation_dice`, Dice
+    on :func:`synthetic_validation` deformations of vxm) or ``"folding"``
+    (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
     ``result["ablation"]`` (not in the table).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
+    if lambda_rule not in LAMBDA_RULES:
+        raise InputError("lambda_rule", f"must be one of {sorted(LAMBDA_RULES)}, got {lambda_rule!r}")
     lambdas = {**INSTANCE_LAMBDA, **(lambdas or {})}
     unknown = [n for n in list(losses) + list(ablation) if n not in INSTANCE_LAMBDA]
     if unknown:
@@ -161,7 +202,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "train_pairs": names(TRAIN_PAIRS), "pairs": names(TEST_PAIRS), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
                      "seed": seed, "feature_training": "the vxm subject only",
-                     "lambda_factors": list(lambda_factors)}, "losses": {}}
+                     "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in TEST_PAIRS]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -170,24 +211,28 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     nets, out["setup"]["feature_nets"] = feature_nets(vols, list(images[:, None]), modes, feature_steps, feature_lr,
                                                       factor, seed, log, subjects=FEATURE_SUBJECTS)
 
+    validation = synthetic_validation(images[:1], vols.labels[0], seed=seed) if len(lambda_factors) > 1 else []
+
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         r = train_and_score(name, images, vols.labels, lam, nets[(mode, 0)] if mode else None, steps, lr,
-                            aug, seed, log)
+                            aug, seed, log, validation)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
-            f"{100 * np.mean(r['train_folding']):.3f}%; {r['train_seconds']:.0f} s training, "
+            f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "
+            f"{np.mean(r['val_dice']) if r['val_dice'] else float('nan'):.3f}; {r['train_seconds']:.0f} s training, "
             f"{r['inference_ms']:.0f} ms per pair)")
         return r
 
     for name in losses:
         sweep = [run(name, augment, lambdas[name] * f) for f in lambda_factors]
-        chosen = choose_by_training_folding(sweep)
+        chosen = LAMBDA_RULES[lambda_rule](sweep)
         out["losses"][name] = dict(sweep[chosen])
         if len(sweep) > 1:
-            log(f"{name:12s} lambda {sweep[chosen]['lambda']:g} chosen by training-pair folding")
+            log(f"{name:12s} lambda {sweep[chosen]['lambda']:g} chosen by the {lambda_rule} rule")
             out["losses"][name]["sweep"] = [{k: r[k] for k in ("lambda", "dice", "folding", "train_dice",
-                                                               "train_folding", "train_seconds")} for r in sweep]
+                                                               "train_folding", "val_dice", "train_seconds")}
+                                            for r in sweep]
     if ablation:
         out["ablation"] = {name: run(name, not augment, lambdas[name]) for name in ablation}
     return out
@@ -203,7 +248,8 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
 
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
-                          stem: str = "registration_3d_net", lambda_factors=(1.0,), log=print) -> dict:
+                          stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
+                          log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -214,7 +260,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     lambdas = {n: r["lambda"] for n, r in instance["losses"].items()} if instance else None
     kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
                                                                          feature_steps=feature_steps)
-    result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors), log=log, **kw)
+    result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
+                                   lambda_rule=lambda_rule, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
@@ -257,10 +304,13 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     s = result["setup"]
     g = "x".join(str(n) for n in s["network_grid"])
     factors = s.get("lambda_factors", [1.0])
+    rules = {"folding": f"the smallest whose folding on the training pairs stays under {100 * FOLDING_LIMIT:g}% "
+                        f"(label-free)",
+             "validation": "the one with the highest mean Dice on 4 synthetic smooth deformations of the vxm "
+                           "subject (its own labels; no test label)"}
     lam = (f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
-           if len(factors) == 1 else
-           f"lambda per loss: {s['lambda_source']}'s times {factors}, the smallest whose folding on the training "
-           f"pairs stays under {100 * FOLDING_LIMIT:g}% (label-free; every run under 'sweep' in the JSON)")
+           if len(factors) == 1 else f"lambda per loss: {s['lambda_source']}'s times {factors}, "
+           f"{rules[s.get('lambda_rule', 'folding')]}; every run under 'sweep' in the JSON")
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on the held-out "
               f"directed pairs {' and '.join(s['pairs'])}\n\nTrained on the 4 directed pairs vxm <-> OASIS 0001 / "
@@ -283,12 +333,14 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
                      f"{r['train_seconds']:.0f} | {r['steps']} |")
     swept = [(n, r) for n, r in result["losses"].items() if len(r.get("sweep", [])) > 1]
     if swept:
-        lines += ["", "Lambda sweep (chosen by training-pair folding alone; test Dice shown for every run):", "",
-                  "| loss | lambda | training-pair folding % | test Dice | test folding % | chosen |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += ["", f"Lambda sweep (chosen by the {s.get('lambda_rule', 'folding')} rule alone; test Dice shown for "
+                      f"every run):", "",
+                  "| loss | lambda | training-pair folding % | validation Dice | test Dice | test folding % | chosen |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for name, r in swept:
             for run in r["sweep"]:
-                lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | "
+                val = f"{np.mean(run['val_dice']):.3f}" if run.get("val_dice") else ""
+                lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | {val} | "
                              f"{np.mean(run['dice']):.3f} | {100 * np.mean(run['folding']):.3f} | "
                              f"{'yes' if run['lambda'] == r['lambda'] else ''} |")
     text = write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid",

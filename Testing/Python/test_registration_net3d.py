@@ -143,7 +143,7 @@ def run_result(losses: dict, minutes: float, **setup) -> dict:
 
 def loss_result(lam: float, dice: float, sweep=None) -> dict:
     r = {"dice": [dice, dice], "dice_per_label": [{}, {}], "folding": [0.001, 0.0], "lambda": lam,
-         "seconds_per_pair": 0.2, "train_dice": [0.61], "train_folding": [0.002], "train_seconds": 12.0, "steps": 16}
+         "seconds_per_pair": 0.2, "train_dice": [0.61], "train_folding": [0.002], "val_dice": [], "train_seconds": 12.0, "steps": 16}
     return {**r, "sweep": sweep} if sweep else r
 
 
@@ -159,9 +159,36 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
     assert merged["setup"]["feature_nets"] == {"seg:vxm": {}}
     text = net3d.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
     assert "the smallest whose folding on the training pairs stays under 1%" in text
-    assert "| deepsim-seg | 0.01 | 2.000 | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
-    assert "| deepsim-seg | 0.04 | 0.100 | 0.610 | 0.000 | yes |" in text
+    assert "| deepsim-seg | 0.01 | 2.000 |  | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
+    assert "| deepsim-seg | 0.04 | 0.100 |  | 0.610 | 0.000 | yes |" in text
     with pytest.raises(InputError, match="more than one run"):
         net3d.merge_3d_net_results([a, a])
     with pytest.raises(InputError, match=r"results\[1\].*steps"):
         net3d.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
+
+
+def test_validation_rule_takes_the_best_synthetic_dice():
+    sweep = [{"lambda": 1.0, "val_dice": [0.6, 0.62]}, {"lambda": 4.0, "val_dice": [0.7, 0.64]},
+             {"lambda": 16.0, "val_dice": [0.67, 0.67]}]
+    assert net3d.choose_by_validation_dice(sweep) == 2  # 0.67 beats 0.61 and 0.67 (tie: the larger lambda)
+    sweep[2]["val_dice"] = [0.6, 0.6]
+    assert net3d.choose_by_validation_dice(sweep) == 1
+    with pytest.raises(InputError, match="lambda_rule"):
+        net3d.run_net_comparison_3d(["mse"], lambda_rule="test-dice")
+
+
+def test_synthetic_validation_deforms_image_and_labels_alike():
+    image = blob((16, 16, 16), (8, 8, 8), 4.0)
+    labels = (blob((32, 32, 32), (16, 16, 16), 8.0)[0, 0] > 0.5).numpy().astype(np.uint8)
+    targets = net3d.synthetic_validation(image, labels, count=2, amplitude=1.5, control=(3, 3, 3), seed=0)
+    assert len(targets) == 2 and targets[0][0].shape == image.shape and targets[0][1].shape == labels.shape
+    assert not torch.equal(targets[0][0], targets[1][0])  # two different fields
+    again = net3d.synthetic_validation(image, labels, count=2, amplitude=1.5, control=(3, 3, 3), seed=0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(targets, again))  # seeded
+    for fixed, fixed_labels in targets:
+        moved = fixed_labels.astype(bool) != labels.astype(bool)
+        assert 0 < moved.mean() < 0.2  # deformed, not destroyed
+        # Image and labels move together: the blob's centre of mass stays with the label's (full grid = 2x).
+        com_image = np.array(np.nonzero(fixed[0, 0].numpy() > 0.5)).mean(1) * 2 + 0.5
+        com_label = np.array(np.nonzero(fixed_labels)).mean(1)
+        assert np.abs(com_image - com_label).max() < 1.0
