@@ -289,9 +289,8 @@ def merge_3d_net_results(results: list) -> dict:
         if twice:
             raise InputError(f"results[{i}]", f"losses {sorted(twice)} appear in more than one run")
         out["losses"].update(r["losses"])
-        for key in ("ablation",):
-            if key in r:
-                out.setdefault(key, {}).update(r[key])
+        if "ablation" in r:
+            out.setdefault("ablation", {}).update(r["ablation"])
         out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
     out["setup"]["minutes_total"] = sum(r["setup"].get("minutes_total", 0.0) for r in results)
     return out
