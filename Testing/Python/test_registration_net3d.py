@@ -159,6 +159,7 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
     assert merged["setup"]["feature_nets"] == {"seg:vxm": {}}
     text = net3d.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
     assert "the smallest whose folding on the training pairs stays under 1%" in text
+    assert "50.0 min of compute in 2 runs side by side (the longest 30.0 min)" in text
     assert "| deepsim-seg | 0.01 | 2.000 |  | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
     assert "| deepsim-seg | 0.04 | 0.100 |  | 0.610 | 0.000 | yes |" in text
     with pytest.raises(InputError, match="more than one run"):
