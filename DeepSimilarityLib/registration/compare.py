@@ -34,6 +34,15 @@ def collect(per_pair: list[dict]) -> dict:
             "folding": [r["folding"] for r in per_pair]}
 
 
+def smallest_lambda_under(folding: dict, folding_limit: float = FOLDING_LIMIT) -> float:
+    """The smallest lambda of ``{lambda: folding fraction}`` folding under the limit (else the largest).
+
+    The label-free rule of the lambda sweeps: the weakest regulariser that keeps the field nearly invertible.
+    """
+    ok = [lam for lam, f in folding.items() if f < folding_limit]
+    return min(ok) if ok else max(folding)
+
+
 def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre: dict, lambda_factors,
                    steps: int, lr: float, calibration: int = 0, folding_limit: float = FOLDING_LIMIT,
                    levels: int = 1, log=print) -> dict:
@@ -67,8 +76,7 @@ def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre:
                           "seconds": r["seconds"]})
             log(f"{name:12s} lambda {lam:<7g} calibration pair: Dice {r['dice']:.3f} folding "
                 f"{100 * r['folding']:.2f}% ({r['seconds']:.0f} s)")
-        ok = [s["lambda"] for s in sweep if s["calibration_folding"] < folding_limit]
-        lam = min(ok) if ok else max(s["lambda"] for s in sweep)
+        lam = smallest_lambda_under({s["lambda"]: s["calibration_folding"] for s in sweep}, folding_limit)
         per_pair = [runs[lam] if i == calibration else run(name, lam, pair) for i, pair in enumerate(pairs)]
         result = collect(per_pair)
         result.update({"lambda": lam, "sweep": sweep,

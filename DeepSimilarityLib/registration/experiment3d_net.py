@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE
+from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .data import load_brain_volumes
 from .experiment3d import downsampled, feature_nets, score
 from .losses import make_loss
@@ -159,9 +159,8 @@ def choose_by_training_folding(sweep: list, folding_limit: float = FOLDING_LIMIT
     The nets' counterpart of the instance benchmark's calibration rule: it reads no label and no
     test pair. When every lambda folds too much, the largest lambda is taken.
     """
-    order = sorted(range(len(sweep)), key=lambda i: sweep[i]["lambda"])
-    ok = [i for i in order if np.mean(sweep[i]["train_folding"]) < folding_limit]
-    return ok[0] if ok else order[-1]
+    lam = smallest_lambda_under({r["lambda"]: np.mean(r["train_folding"]) for r in sweep}, folding_limit)
+    return next(i for i, r in enumerate(sweep) if r["lambda"] == lam)
 
 
 def choose_by_validation_dice(sweep: list) -> int:
@@ -226,7 +225,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
 
     for name in losses:
         sweep = [run(name, augment, lambdas[name] * f) for f in lambda_factors]
-        chosen = LAMBDA_RULES[lambda_rule](sweep)
+        chosen = LAMBDA_RULES[lambda_rule](sweep) if len(sweep) > 1 else 0  # one run: nothing to choose
         out["losses"][name] = dict(sweep[chosen])
         if len(sweep) > 1:
             log(f"{name:12s} lambda {sweep[chosen]['lambda']:g} chosen by the {lambda_rule} rule")
