@@ -93,16 +93,14 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
     test pair belong to the vxm subject, so a label-based choice of lambda must be made on
     deformations of that subject (a stand-in for a validation split of real pairs).
     """
-    from monai.networks.blocks import Warp
-
-    from .network import warp_nearest
+    from .network import warp_image, warp_nearest
 
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
         coarse = amplitude * torch.randn((1, image.ndim - 2) + tuple(control), generator=generator)
         field = F.interpolate(coarse, size=image.shape[2:], mode="trilinear", align_corners=False)
-        fixed = Warp(mode="bilinear", padding_mode="border")(image, field)
+        fixed = warp_image(image, field)
         full = resize_displacement(field, labels.shape)
         fixed_labels = warp_nearest(torch.from_numpy(labels.astype(np.int64))[None, None], full)[0, 0].numpy()
         out.append((fixed, fixed_labels))

@@ -12,10 +12,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Warp
 
 from ..errors import InputError
-from .network import regulariser, resize_displacement
+from .network import regulariser, resize_displacement, warp_image
 
 
 def optimise_displacement(moving: torch.Tensor, fixed: torch.Tensor, loss: torch.nn.Module, lam: float,
@@ -53,12 +52,11 @@ def optimise_displacement(moving: torch.Tensor, fixed: torch.Tensor, loss: torch
     dims = moving.ndim - 2
     u = torch.zeros((1, dims) + tuple(moving.shape[2:])) if init is None else init.detach().clone()
     u.requires_grad_(True)
-    warp = Warp(mode="bilinear", padding_mode="border")
     optimizer = torch.optim.Adam([u], lr=lr)
     loss.eval()
     history, t0 = [], time.perf_counter()
     for _ in range(steps):
-        value = loss(warp(moving, u), fixed) + lam * regulariser(u)
+        value = loss(warp_image(moving, u), fixed) + lam * regulariser(u)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()

@@ -58,7 +58,6 @@ class RegistrationNet(nn.Module):
         nn.init.normal_(self.head.weight, std=1e-5)
         nn.init.zeros_(self.head.bias)
         self.integrate = DVF2DDF(num_steps=steps) if velocity else None
-        self.warp = Warp(mode="bilinear", padding_mode="border")
 
     @property
     def multiple(self) -> int:
@@ -76,7 +75,26 @@ class RegistrationNet(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor):
         ddf = self.displacement(moving, fixed)
-        return self.warp(moving, ddf), ddf
+        return warp_image(moving, ddf), ddf
+
+    @staticmethod
+    def warp(image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+        """The net's spatial transformer: :func:`warp_image`."""
+        return warp_image(image, ddf)
+
+
+# Warp holds no weights, so one instance serves every caller.
+_BILINEAR_WARP = Warp(mode="bilinear", padding_mode="border")
+
+
+def warp_image(image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """Bilinear (trilinear in 3D) warp of ``(B, C, H, W[, D])`` by a voxel displacement ``(B, dims, ...)``.
+
+    Outside the image the border value is repeated, so a shifted brain does not pull in zeros at
+    the edge. Differentiable in both arguments; the one image warp of training, instance
+    optimisation and synthetic deformations.
+    """
+    return _BILINEAR_WARP(image, ddf)
 
 
 def warp_labels(labels: torch.Tensor, ddf: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
@@ -86,7 +104,7 @@ def warp_labels(labels: torch.Tensor, ddf: torch.Tensor, n_classes: int | None =
     """
     n = int(n_classes or int(labels.max()) + 1)
     onehot = F.one_hot(labels[:, 0].long(), n).movedim(-1, 1).float()
-    return Warp(mode="bilinear", padding_mode="border")(onehot, ddf).argmax(1, keepdim=True)
+    return warp_image(onehot, ddf).argmax(1, keepdim=True)
 
 
 def warp_nearest(labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from DeepSimilarityLib.registration import (LOSSES, DeepSimLoss, FeatureNet, Reg
                                             train_registration)
 from DeepSimilarityLib.registration.evaluate import dice_scores, mean_dice
 from DeepSimilarityLib.registration.losses import CROSS_MODALITY
-from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_labels, warp_nearest
+from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_image, warp_labels, warp_nearest
 
 torch.set_num_threads(1)
 
@@ -104,6 +104,9 @@ def test_zero_displacement_warp_is_identity_and_shift_moves(dims):
     two[:, 0] = 2.0
     moved = net.warp(img, two)
     assert torch.allclose(moved[:, :, 4:-4], img[:, :, 6:-2], atol=1e-5)
+    # Beyond the border the edge value repeats (no zeros pulled in), the same through warp_image.
+    assert torch.allclose(moved[:, :, -1], img[:, :, -1], atol=1e-5)
+    assert torch.equal(warp_image(img, two), moved)
 
 
 def test_network_starts_near_identity_and_checks_sizes(dims):
