@@ -39,6 +39,8 @@ def main(argv=None):
     p.add_argument("--instance", default=str(RESULTS / "registration_3d_1level.json"),
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
     p.add_argument("--feature-steps", type=int, default=120, help="DeepSim feature-net training steps (default 120)")
+    p.add_argument("--feature-augment", action="store_true",
+                   help="train the DeepSim feature nets on a new random pose of vxm (image + labels) every step")
     p.add_argument("--lambda-factors", default="1",
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
@@ -68,7 +70,7 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule)
+                          factors, args.lambda_rule, args.feature_augment)
     return 0
 
 

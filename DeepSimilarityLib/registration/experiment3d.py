@@ -47,10 +47,11 @@ def score(ddf: torch.Tensor, moving_labels: np.ndarray, fixed_labels: np.ndarray
 
 
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
-                 subjects=None) -> tuple[dict, dict]:
+                 subjects=None, augment=None) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
+    ``augment``: passed to :func:`~.feature_net.train_feature_net`.
     """
     nets, info = {}, {}
     for mode in modes:
@@ -58,7 +59,7 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
             labels = torch.from_numpy(vols.labels[s][::factor, ::factor, ::factor].astype(np.int64))[None]
             # One volume: an "epoch" is one full-volume step.
             net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,
-                                          batch_size=1, lr=lr, seed=seed)
+                                          batch_size=1, lr=lr, seed=seed, augment=augment)
             nets[(mode, s)] = net
             info[f"{mode}:{vols.names[s]}"] = {"seconds": hist["seconds"], "first_loss": hist["loss"][0],
                                                "final_loss": hist["loss"][-1]}

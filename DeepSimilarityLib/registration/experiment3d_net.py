@@ -48,6 +48,36 @@ LR_AXIS = 4
 INSTANCE_LAMBDA = {name: 0.25 * LAMBDA_CENTRE[name] for name in INSTANCE_LOSSES}
 
 
+def _random_pose(shape, generator: torch.Generator, angle: float, scale: float, shift: float, flip_axis):
+    """A sampling grid for ``shape`` ``(B, C, ...)`` (one random rotation, isotropic scale and shift per
+    sample) and which samples to flip along ``flip_axis``."""
+    b, dims = shape[0], len(shape) - 2
+    if flip_axis is not None and not 2 <= flip_axis < len(shape):
+        raise InputError("flip_axis", f"must be a spatial tensor axis 2..{len(shape) - 1} or None, not {flip_axis}")
+
+    def uniform(*size):
+        return 2 * torch.rand(*size, generator=generator) - 1
+
+    theta = torch.eye(dims).repeat(b, 1, 1)
+    for i in range(dims):
+        for j in range(i + 1, dims):
+            a = uniform(b) * math.radians(angle)
+            rot = torch.eye(dims).repeat(b, 1, 1)
+            rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = a.cos(), -a.sin(), a.sin(), a.cos()
+            theta = rot @ theta
+    theta = theta * (1 + scale * uniform(b, 1, 1))
+    grid = F.affine_grid(torch.cat([theta, shift * uniform(b, dims, 1)], 2), list(shape), align_corners=False)
+    flip = torch.rand(b, generator=generator) < 0.5 if flip_axis is not None else torch.zeros(b, dtype=torch.bool)
+    return grid, flip
+
+
+def _resample(x: torch.Tensor, grid: torch.Tensor, flip: torch.Tensor, flip_axis, mode: str) -> torch.Tensor:
+    out = F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    if flip_axis is not None:
+        out[flip] = out[flip].flip(flip_axis)
+    return out
+
+
 def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator, angle: float = 6.0,
                   scale: float = 0.06, shift: float = 0.08, flip_axis: int | None = LR_AXIS):
     """One random transform per sample, the same for both images: ``(B, 1, ...)`` -> same shapes.
@@ -59,28 +89,28 @@ def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Ge
     if moving.shape != fixed.shape or moving.ndim not in (4, 5) or moving.shape[1] != 1:
         raise InputError("images", f"expected two (B, 1, H, W[, D]) batches, got {tuple(moving.shape)} and "
                                    f"{tuple(fixed.shape)}")
-    b, dims = moving.shape[0], moving.ndim - 2
-    if flip_axis is not None and not 2 <= flip_axis < moving.ndim:
-        raise InputError("flip_axis", f"must be a spatial tensor axis 2..{moving.ndim - 1} or None, not {flip_axis}")
-
-    def uniform(*shape):
-        return 2 * torch.rand(*shape, generator=generator) - 1
-
-    theta = torch.eye(dims).repeat(b, 1, 1)
-    for i in range(dims):
-        for j in range(i + 1, dims):
-            a = uniform(b) * math.radians(angle)
-            rot = torch.eye(dims).repeat(b, 1, 1)
-            rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = a.cos(), -a.sin(), a.sin(), a.cos()
-            theta = rot @ theta
-    theta = theta * (1 + scale * uniform(b, 1, 1))
-    grid = F.affine_grid(torch.cat([theta, shift * uniform(b, dims, 1)], 2), list(moving.shape), align_corners=False)
-    both = F.grid_sample(torch.cat([moving, fixed], 1), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
-    if flip_axis is not None:
-        flip = torch.rand(b, generator=generator) < 0.5
-        both[flip] = both[flip].flip(flip_axis)
+    grid, flip = _random_pose(moving.shape, generator, angle, scale, shift, flip_axis)
+    both = _resample(torch.cat([moving, fixed], 1), grid, flip, flip_axis, "bilinear")
     return both[:, :1], both[:, 1:]
+
+
+def augment_labelled(images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
+                     flip_axis: int | None = LR_AXIS, **pose):
+    """:func:`augment_pairs`' random pose for one image batch ``(B, 1, ...)`` and its label maps.
+
+    ``labels`` ``(B, 1, ...)`` integer ids (or None) follow the same transform by nearest neighbour,
+    so a segmentation feature net sees new poses of its one training subject with matching labels.
+    """
+    if images.ndim not in (4, 5) or images.shape[1] != 1:
+        raise InputError("images", f"expected (B, 1, H, W[, D]), got {tuple(images.shape)}")
+    if labels is not None and labels.shape != images.shape:
+        raise InputError("labels", f"expected {tuple(images.shape)} like the images, got {tuple(labels.shape)}")
+    grid, flip = _random_pose(images.shape, generator, pose.get("angle", 6.0), pose.get("scale", 0.06),
+                              pose.get("shift", 0.08), flip_axis)
+    out = _resample(images, grid, flip, flip_axis, "bilinear")
+    if labels is None:
+        return out, None
+    return out, _resample(labels.float(), grid, flip, flip_axis, "nearest").round().long()
 
 
 def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4, amplitude: float = 1.5,
@@ -172,7 +202,7 @@ LAMBDA_RULES = {"folding": choose_by_training_folding, "validation": choose_by_v
 def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
-                          lambda_rule: str = "validation", log=print) -> dict:
+                          lambda_rule: str = "validation", feature_augment: bool = False, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``lambda_factors``: with more
@@ -181,7 +211,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     on :func:`synthetic_validation` deformations of vxm) or ``"folding"``
     (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
-    ``result["ablation"]`` (not in the table).
+    ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
+    new random pose of vxm (image and labels, :func:`augment_labelled`) at every step.
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -199,14 +230,17 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "train_pairs": names(TRAIN_PAIRS), "pairs": names(TEST_PAIRS), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
                      "seed": seed, "feature_training": "the vxm subject only",
-                     "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule}, "losses": {}}
+                     "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
+                     "feature_augment": feature_augment}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in TEST_PAIRS]
                           for k in ("dice", "dice_per_label", "folding")}
     log(f"affine only (no deformation), test pairs: mean Dice {np.mean(out['affine_only']['dice']):.3f}")
     modes = sorted({n.split("-")[1] for n in list(losses) + list(ablation) if n.startswith("deepsim")})
-    nets, out["setup"]["feature_nets"] = feature_nets(vols, list(images[:, None]), modes, feature_steps, feature_lr,
-                                                      factor, seed, log, subjects=FEATURE_SUBJECTS)
+    pose = torch.Generator().manual_seed(seed + 2)
+    nets, out["setup"]["feature_nets"] = feature_nets(
+        vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=FEATURE_SUBJECTS,
+        augment=(lambda x, y: augment_labelled(x, y, pose)) if feature_augment else None)
 
     validation = synthetic_validation(images[:1], vols.labels[0], seed=seed) if len(lambda_factors) > 1 else []
 
@@ -246,7 +280,7 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
-                          log=print) -> dict:
+                          feature_augment: bool = False, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -258,7 +292,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
                                                                          feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
-                                   lambda_rule=lambda_rule, log=log, **kw)
+                                   lambda_rule=lambda_rule, feature_augment=feature_augment, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
@@ -294,6 +328,9 @@ def merge_3d_net_results(results: list) -> dict:
     return out
 
 
+POSED = " in a new random pose (flip + small affine, labels nearest) at every step"
+
+
 def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None, log=print) -> str:
     """Writes ``{stem}.{json,md,png}`` for a :func:`run_net_comparison_3d` result; returns the markdown."""
     from .report import write_report
@@ -317,7 +354,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"0002 on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
               f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
               f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, the vxm "
-              f"subject only. Dice over seg35 labels on the full {'x'.join(str(n) for n in s['grid'])} grid, "
+              f"subject only{POSED if s.get('feature_augment') else ''}. Dice over seg35 labels on the full "
+              f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
               f"CPU thread. {minutes}. Paper column: the paper's 3D networks (hundreds of "
               f"volumes), for ordering only.")

@@ -83,11 +83,13 @@ class FeatureNet(nn.Module):
 
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
                       epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
-                      on_epoch=None, should_stop=None) -> tuple[FeatureNet, dict]:
+                      on_epoch=None, should_stop=None, augment=None) -> tuple[FeatureNet, dict]:
     """Train a :class:`FeatureNet` on ``images`` ``(N, 1, H, W[, D])`` in [0, 1].
 
-    ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). Returns the frozen net in
-    eval mode and a history dict (loss per epoch, seconds).
+    ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). ``augment(images, labels) ->
+    (images, labels)`` transforms every batch ``(B, 1, ...)`` (labels ``(B, 1, ...)`` or None)
+    before the net sees it, e.g. :func:`~.experiment3d_net.augment_labelled`. Returns the frozen
+    net in eval mode and a history dict (loss per epoch, seconds).
     """
     if images.ndim not in (4, 5) or images.shape[1] != 1:
         raise InputError("images", f"expected (N, 1, H, W[, D]), got {tuple(images.shape)}")
@@ -102,10 +104,17 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, 
         net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels)
         criterion = DiceCELoss(to_onehot_y=True, softmax=True)
         target = labels[:, None].long()
-        loss_fn = lambda idx: criterion(net(images[idx]), target[idx])  # noqa: E731
     else:
         net = FeatureNet(dims, "ae", 1, channels)
-        loss_fn = lambda idx: F.mse_loss(net(images[idx]), images[idx])  # noqa: E731
+        target = None
+
+    def loss_fn(idx):
+        x, y = images[idx], None if target is None else target[idx]
+        if augment is not None:
+            with torch.no_grad():
+                x, y = augment(x, y)
+        return criterion(net(x), y) if y is not None else F.mse_loss(net(x), x)
+
     settings = TrainSettings(optimizer="adam", lr=lr, batch_size=batch_size)
     t0 = time.perf_counter()
     net.train()

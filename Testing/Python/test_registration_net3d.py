@@ -41,6 +41,40 @@ def test_augmentation_bad_input():
         net3d.augment_pairs(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), g)  # default axis 4 is not 2D
 
 
+def test_labelled_augmentation_moves_labels_with_the_image():
+    labels = torch.zeros(3, 1, 20, 16, 12, dtype=torch.long)
+    labels[:, :, 4:12, 3:9, 2:7] = 1
+    labels[:, :, 12:17, 8:14, 5:11] = 2
+    image = labels.float() / 2
+    x, y = net3d.augment_labelled(image, labels, torch.Generator().manual_seed(0))
+    assert x.shape == image.shape and y.shape == labels.shape and y.dtype == torch.long
+    assert set(y.unique().tolist()) <= {0, 1, 2}
+    assert not torch.equal(y, labels)  # a new pose ...
+    assert (torch.round(2 * x).long() == y).float().mean() > 0.9  # ... the same for the labels as for the image
+    image_only, none = net3d.augment_labelled(image, None, torch.Generator().manual_seed(0))
+    assert none is None and torch.equal(image_only, x)  # labels do not change the image's pose
+    with pytest.raises(InputError, match="labels"):
+        net3d.augment_labelled(image, labels[:, :, :8], torch.Generator())
+
+
+def test_feature_net_training_passes_every_batch_through_augment():
+    from DeepSimilarityLib.registration.feature_net import train_feature_net
+
+    seen = []
+
+    def augment(x, y):
+        seen.append((tuple(x.shape), None if y is None else tuple(y.shape)))
+        return x.flip(2), None if y is None else y.flip(2)
+
+    images = blob((8, 8, 8), (3, 4, 4)).repeat(2, 1, 1, 1, 1)
+    labels = (images[:, 0] > 0.5).long()
+    train_feature_net(images, labels, "seg", epochs=2, batch_size=1, augment=augment)
+    assert seen == [((1, 1, 8, 8, 8), (1, 1, 8, 8, 8))] * 4
+    seen.clear()
+    train_feature_net(images, None, "ae", epochs=1, batch_size=2, augment=augment)
+    assert seen == [((2, 1, 8, 8, 8), None)]
+
+
 def test_augment_refused_with_a_label_loss():
     images, labels = torch.rand(2, 1, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
     with pytest.raises(InputError, match="augment"):
