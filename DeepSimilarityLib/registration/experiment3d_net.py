@@ -34,7 +34,7 @@ from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lam
 from .data import load_brain_volumes
 from .experiment3d import downsampled, feature_nets, score
 from .losses import make_loss
-from .network import resize_displacement
+from .network import resize_displacement, warp_image, warp_nearest
 from .train import train_registration
 
 TRAIN_PAIRS = ((0, 1), (1, 0), (0, 2), (2, 0))  # (moving, fixed) into [vxm, OASIS 0001, OASIS 0002]
@@ -46,6 +46,9 @@ LR_AXIS = 4
 # What the single-level 3D instance benchmark's folding rule chose for every loss
 # (registration_3d_1level.json, "lambda").
 INSTANCE_LAMBDA = {name: 0.25 * LAMBDA_CENTRE[name] for name in INSTANCE_LOSSES}
+# The random pose of the augmentation: rotation up to ANGLE degrees per axis plane, isotropic scale
+# 1 +- SCALE, shift up to SHIFT in [-1, 1] normalised coordinates (0.08 = 2 voxels of 50).
+ANGLE, SCALE, SHIFT = 6.0, 0.06, 0.08
 
 
 def _random_pose(shape, generator: torch.Generator, angle: float, scale: float, shift: float, flip_axis):
@@ -78,8 +81,8 @@ def _resample(x: torch.Tensor, grid: torch.Tensor, flip: torch.Tensor, flip_axis
     return out
 
 
-def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator, angle: float = 6.0,
-                  scale: float = 0.06, shift: float = 0.08, flip_axis: int | None = LR_AXIS):
+def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator, angle: float = ANGLE,
+                  scale: float = SCALE, shift: float = SHIFT, flip_axis: int | None = LR_AXIS):
     """One random transform per sample, the same for both images: ``(B, 1, ...)`` -> same shapes.
 
     A flip of ``flip_axis`` with probability 1/2, rotations of up to ``angle`` degrees in every
@@ -95,7 +98,8 @@ def augment_pairs(moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Ge
 
 
 def augment_labelled(images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
-                     flip_axis: int | None = LR_AXIS, **pose):
+                     angle: float = ANGLE, scale: float = SCALE, shift: float = SHIFT,
+                     flip_axis: int | None = LR_AXIS):
     """:func:`augment_pairs`' random pose for one image batch ``(B, 1, ...)`` and its label maps.
 
     ``labels`` ``(B, 1, ...)`` integer ids (or None) follow the same transform by nearest neighbour,
@@ -105,8 +109,7 @@ def augment_labelled(images: torch.Tensor, labels: torch.Tensor | None, generato
         raise InputError("images", f"expected (B, 1, H, W[, D]), got {tuple(images.shape)}")
     if labels is not None and labels.shape != images.shape:
         raise InputError("labels", f"expected {tuple(images.shape)} like the images, got {tuple(labels.shape)}")
-    grid, flip = _random_pose(images.shape, generator, pose.get("angle", 6.0), pose.get("scale", 0.06),
-                              pose.get("shift", 0.08), flip_axis)
+    grid, flip = _random_pose(images.shape, generator, angle, scale, shift, flip_axis)
     out = _resample(images, grid, flip, flip_axis, "bilinear")
     if labels is None:
         return out, None
@@ -123,8 +126,6 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
     test pair belong to the vxm subject, so a label-based choice of lambda must be made on
     deformations of that subject (a stand-in for a validation split of real pairs).
     """
-    from .network import warp_image, warp_nearest
-
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):

@@ -77,11 +77,6 @@ class RegistrationNet(nn.Module):
         ddf = self.displacement(moving, fixed)
         return warp_image(moving, ddf), ddf
 
-    @staticmethod
-    def warp(image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
-        """The net's spatial transformer: :func:`warp_image`."""
-        return warp_image(image, ddf)
-
 
 # Warp holds no weights, so one instance serves every caller.
 _BILINEAR_WARP = Warp(mode="bilinear", padding_mode="border")

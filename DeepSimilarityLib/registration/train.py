@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..ctmr.sdae import TrainSettings, run_epochs
 from ..errors import InputError
 from .losses import needs_labels
-from .network import RegistrationNet, regulariser
+from .network import RegistrationNet, regulariser, warp_image
 
 
 def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn.Module, lam: float,
@@ -63,7 +63,7 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         warped, ddf = net(moving, fixed)
         wl = fl = None
         if supervised:
-            wl = net.warp(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
+            wl = warp_image(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
             fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
         return loss(warped, fixed, wl, fl) + lam * regulariser(ddf)
 
