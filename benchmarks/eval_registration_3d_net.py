@@ -12,6 +12,9 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
       -> one report from runs of disjoint --losses (e.g. one process per core)
+    python benchmarks/eval_registration_3d_net.py --fold 1 ...   (hub OASIS 0001: test vxm <-> OASIS 0002)
+    python benchmarks/eval_registration_3d_net.py --merge-folds F0.json,F1.json,F2.json --stem STEM
+      -> one report over the test pairs of every fold (all six directed pairs for folds 0, 1, 2)
 """
 
 import argparse
@@ -28,8 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv=None):
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
-    from DeepSimilarityLib.registration.experiment3d_net import (merge_3d_net_results, report_3d_net,
-                                                                 run_and_report_3d_net)
+    from DeepSimilarityLib.registration.experiment3d_net import (merge_3d_net_folds, merge_3d_net_results,
+                                                                 report_3d_net, run_and_report_3d_net)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")
@@ -46,17 +49,23 @@ def main(argv=None):
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
                    help="validation: best Dice on synthetic deformations of the vxm subject (default); folding: "
                         "smallest lambda whose training-pair folding stays under 1%%")
+    p.add_argument("--fold", type=int, default=0, choices=[0, 1, 2],
+                   help="hub subject: 0 vxm (test OASIS 0001 <-> 0002; default), 1 OASIS 0001, 2 OASIS 0002; it "
+                        "alone trains the feature nets and is in every training pair")
     p.add_argument("--merge", default="", help="comma-separated result JSONs of disjoint losses: write one report")
+    p.add_argument("--merge-folds", default="",
+                   help="comma-separated result JSONs of different --fold runs with the same losses: one report")
     p.add_argument("--stem", default="registration_3d_net", help="result file name without extension")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     instance = json.loads(Path(args.instance).read_text()) if Path(args.instance).is_file() else None
     if instance is not None:
         instance["source"] = Path(args.instance).name
-    if args.merge:
-        runs = [json.loads(Path(f.strip()).read_text()) for f in args.merge.split(",")]
-        report_3d_net(merge_3d_net_results(runs), args.out_dir, args.stem, instance)
-        return 0
+    for files, merge in ((args.merge, merge_3d_net_results), (args.merge_folds, merge_3d_net_folds)):
+        if files:
+            runs = [json.loads(Path(f.strip()).read_text()) for f in files.split(",")]
+            report_3d_net(merge(runs), args.out_dir, args.stem, instance)
+            return 0
     try:
         factors = [float(f) for f in args.lambda_factors.split(",")]
     except ValueError:
@@ -70,7 +79,7 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, args.feature_augment)
+                          factors, args.lambda_rule, args.feature_augment, args.fold)
     return 0
 
 

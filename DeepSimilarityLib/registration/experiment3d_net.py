@@ -14,6 +14,8 @@ Protocol (the network counterpart of the instance optimisation in :mod:`.experim
   images, not labels, are seen in training);
 * DeepSim feature nets (3D, seg and ae) trained on the vxm subject alone (its image and seg35
   labels), so no label of a test subject is seen by anything;
+* that is fold 0; folds 1 and 2 make OASIS 0001 or 0002 the hub in vxm's place (:func:`fold_pairs`),
+  and :func:`merge_3d_net_folds` joins the three into one table over all six directed pairs;
 * lambda per loss: the one the 3D instance benchmark's label-free folding rule chose
   (``registration_3d.json``; 0.25 x :data:`~.compare.LAMBDA_CENTRE` for every loss);
 * Dice over the seg35 labels on the full 224x192x160 grid, folding on the network grid
@@ -37,9 +39,25 @@ from .losses import make_loss
 from .network import resize_displacement, warp_image, warp_nearest
 from .train import train_registration
 
-TRAIN_PAIRS = ((0, 1), (1, 0), (0, 2), (2, 0))  # (moving, fixed) into [vxm, OASIS 0001, OASIS 0002]
-TEST_PAIRS = ((1, 2), (2, 1))
-FEATURE_SUBJECTS = (0,)  # vxm only
+SUBJECTS = 3  # vxm, OASIS 0001, OASIS 0002
+
+
+def fold_pairs(fold: int) -> tuple[tuple, tuple]:
+    """``(training pairs, test pairs)`` of one fold, as ``(moving, fixed)`` subject indices.
+
+    Fold ``k`` trains on the four directed pairs between subject ``k`` (the hub, whose labels alone
+    train the DeepSim feature net) and each of the other two, and tests on the two directed pairs
+    between those two. Over the three folds every directed pair is tested once, as in the instance
+    benchmark, where each pair's feature net is trained on its third subject.
+    """
+    if fold not in range(SUBJECTS):
+        raise InputError("fold", f"must be one of {list(range(SUBJECTS))} (the hub subject), not {fold!r}")
+    a, b = (s for s in range(SUBJECTS) if s != fold)
+    return ((fold, a), (a, fold), (fold, b), (b, fold)), ((a, b), (b, a))
+
+
+# Fold 0, the protocol of the committed single-fold runs: hub vxm, test OASIS 0001 <-> 0002.
+TRAIN_PAIRS, TEST_PAIRS = fold_pairs(0)
 # Tensor axis of left-right in (B, C, 56, 48, 40): flipping it keeps an OASIS brain correlated 0.95 with
 # itself, the other two axes 0.71-0.72.
 LR_AXIS = 4
@@ -123,8 +141,8 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
     Each fixed image is ``image`` warped by a smooth random displacement (normal, sd ``amplitude``
     voxels of the network grid, on a ``control`` grid upsampled trilinearly), its labels by the same
     field on the full grid; the moving image is ``image`` itself. Why: the only labels outside the
-    test pair belong to the vxm subject, so a label-based choice of lambda must be made on
-    deformations of that subject (a stand-in for a validation split of real pairs).
+    test pair belong to the hub subject (vxm in fold 0), so a label-based choice of lambda must be
+    made on deformations of that subject (a stand-in for a validation split of real pairs).
     """
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -139,17 +157,20 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
-                    augment: bool, seed: int, log=print, validation: list | None = None) -> dict:
-    """Train one net on :data:`TRAIN_PAIRS` for ``steps`` samples and score it on the test and training pairs.
+                    augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0) -> dict:
+    """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
+    it on that fold's test and training pairs.
 
     ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
-    ``validation``: :func:`synthetic_validation` targets of subject 0 (vxm), scored as ``val_dice``.
-    Returns the test scores in the layout :mod:`.report` reads, plus training Dice, seconds, inference ms.
+    ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
+    scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
+    Dice, seconds, inference ms.
     """
+    train_pairs, test_pairs = fold_pairs(fold)
     loss = make_loss(name, 3, feature_net)
     generator = torch.Generator().manual_seed(seed + 1)
     aug = (lambda m, f: augment_pairs(m, f, generator)) if augment else None
-    epochs = max(1, steps // len(TRAIN_PAIRS))
+    epochs = max(1, steps // len(train_pairs))
     t0, marks = time.perf_counter(), set()
 
     def progress(fraction):
@@ -157,27 +178,27 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
         if tenth not in marks and tenth % 2 == 0 and tenth > 0:
             marks.add(tenth)
             done = time.perf_counter() - t0
-            log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(TRAIN_PAIRS)} steps ({done:.0f} s)")
+            log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(train_pairs)} steps ({done:.0f} s)")
 
-    net, hist = train_registration(images, torch.tensor(TRAIN_PAIRS), loss, lam, epochs=epochs, batch_size=1, lr=lr,
+    net, hist = train_registration(images, torch.tensor(train_pairs), loss, lam, epochs=epochs, batch_size=1, lr=lr,
                                    loss_name=name, seed=seed, augment=aug, on_epoch=progress)
     full = labels[0].shape
     ddfs, ms = {}, []
     with torch.no_grad():
         net.displacement(images[:1], images[1:2])  # warm-up: the first call allocates
-        for m, f in TEST_PAIRS + TRAIN_PAIRS:
+        for m, f in test_pairs + train_pairs:
             t1 = time.perf_counter()
             ddfs[(m, f)] = ddf = net.displacement(images[m:m + 1], images[f:f + 1])
             resize_displacement(ddf, full)
             ms.append(1000 * (time.perf_counter() - t1))
-        val = [score(net.displacement(images[:1], fixed), labels[0], fixed_labels)["dice"]
+        val = [score(net.displacement(images[fold:fold + 1], fixed), labels[fold], fixed_labels)["dice"]
                for fixed, fixed_labels in (validation or [])]
-    test = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TEST_PAIRS]
-    train = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in TRAIN_PAIRS]
+    test = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in test_pairs]
+    train = [score(ddfs[p], labels[p[0]], labels[p[1]]) for p in train_pairs]
     return {"dice": [r["dice"] for r in test], "dice_per_label": [r["dice_per_label"] for r in test],
             "folding": [r["folding"] for r in test], "lambda": lam, "train_dice": [r["dice"] for r in train],
             "train_folding": [r["folding"] for r in train], "val_dice": val,
-            "train_seconds": hist["seconds"], "steps": epochs * len(TRAIN_PAIRS),
+            "train_seconds": hist["seconds"], "steps": epochs * len(train_pairs),
             "loss_first_last": [hist["loss"][0], hist["loss"][-1]], "inference_ms": float(np.median(ms)),
             "seconds_per_pair": float(np.median(ms)) / 1000, "augment": augment}
 
@@ -193,7 +214,7 @@ def choose_by_training_folding(sweep: list, folding_limit: float = FOLDING_LIMIT
 
 
 def choose_by_validation_dice(sweep: list) -> int:
-    """Index of the run with the highest mean Dice on the synthetic vxm validation (ties: larger lambda)."""
+    """Index of the run with the highest mean Dice on the hub's synthetic validation (ties: larger lambda)."""
     return max(range(len(sweep)), key=lambda i: (np.mean(sweep[i]["val_dice"]), sweep[i]["lambda"]))
 
 
@@ -203,22 +224,26 @@ LAMBDA_RULES = {"folding": choose_by_training_folding, "validation": choose_by_v
 def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
-                          lambda_rule: str = "validation", feature_augment: bool = False, log=print) -> dict:
+                          lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
+                          log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
+    ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
+    and 2 rotate it so that :func:`merge_3d_net_folds` can test every directed pair once.
     ``lambdas``: ``{loss: lambda}`` (default :data:`INSTANCE_LAMBDA`). ``lambda_factors``: with more
     than one, each loss is trained at every ``lambda x factor`` and the run ``lambda_rule`` picks is
     reported (all runs under ``["sweep"]``): ``"validation"`` (:func:`choose_by_validation_dice`, Dice
-    on :func:`synthetic_validation` deformations of vxm) or ``"folding"``
+    on :func:`synthetic_validation` deformations of the hub) or ``"folding"``
     (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
     ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
-    new random pose of vxm (image and labels, :func:`augment_labelled`) at every step.
+    new random pose of the hub (image and labels, :func:`augment_labelled`) at every step.
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
     if lambda_rule not in LAMBDA_RULES:
         raise InputError("lambda_rule", f"must be one of {sorted(LAMBDA_RULES)}, got {lambda_rule!r}")
+    train_pairs, test_pairs = fold_pairs(fold)
     lambdas = {**INSTANCE_LAMBDA, **(lambdas or {})}
     unknown = [n for n in list(losses) + list(ablation) if n not in INSTANCE_LAMBDA]
     if unknown:
@@ -228,27 +253,28 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     images = torch.cat(downsampled(vols, factor))
     names = lambda pairs: [f"{vols.names[m]} -> {vols.names[f]}" for m, f in pairs]  # noqa: E731
     out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images.shape[2:]), "factor": factor,
-                     "train_pairs": names(TRAIN_PAIRS), "pairs": names(TEST_PAIRS), "steps": steps, "lr": lr,
+                     "train_pairs": names(train_pairs), "pairs": names(test_pairs), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
-                     "seed": seed, "feature_training": "the vxm subject only",
+                     "seed": seed, "feature_training": f"the {vols.names[fold]} subject only", "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": feature_augment}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
-    out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in TEST_PAIRS]
+    out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
     log(f"affine only (no deformation), test pairs: mean Dice {np.mean(out['affine_only']['dice']):.3f}")
     modes = sorted({n.split("-")[1] for n in list(losses) + list(ablation) if n.startswith("deepsim")})
     pose = torch.Generator().manual_seed(seed + 2)
     nets, out["setup"]["feature_nets"] = feature_nets(
-        vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=FEATURE_SUBJECTS,
+        vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=(fold,),
         augment=(lambda x, y: augment_labelled(x, y, pose)) if feature_augment else None)
 
-    validation = synthetic_validation(images[:1], vols.labels[0], seed=seed) if len(lambda_factors) > 1 else []
+    validation = (synthetic_validation(images[fold:fold + 1], vols.labels[fold], seed=seed)
+                  if len(lambda_factors) > 1 else [])
 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
-        r = train_and_score(name, images, vols.labels, lam, nets[(mode, 0)] if mode else None, steps, lr,
-                            aug, seed, log, validation)
+        r = train_and_score(name, images, vols.labels, lam, nets[(mode, fold)] if mode else None, steps, lr,
+                            aug, seed, log, validation, fold)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "
@@ -281,7 +307,7 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
-                          feature_augment: bool = False, log=print) -> dict:
+                          feature_augment: bool = False, fold: int = 0, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -293,7 +319,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
                                                                          feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
-                                   lambda_rule=lambda_rule, feature_augment=feature_augment, log=log, **kw)
+                                   lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
+                                   **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
@@ -329,6 +356,58 @@ def merge_3d_net_results(results: list) -> dict:
     return out
 
 
+# Setup entries that differ between folds by design (or are timings); everything else must agree.
+PER_FOLD = ("fold", "pairs", "train_pairs", "feature_training", "feature_nets", "minutes_total",
+            "minutes_longest_run", "merged_runs")
+CONCATENATED = ("dice", "dice_per_label", "folding", "train_dice", "train_folding", "val_dice")
+
+
+def merge_3d_net_folds(results: list) -> dict:
+    """One result over the test pairs of several folds (:func:`fold_pairs`), each run with the same losses.
+
+    Per-pair lists are concatenated in the order of ``results``; lambdas and steps must agree; training
+    seconds and inference times are averaged. A result without ``"fold"`` in its setup (made before
+    folds existed) is fold 0. ``setup["folds"]`` and each loss's ``"fold_dice"`` keep the per-fold means.
+    """
+    if not results:
+        raise InputError("results", "nothing to merge")
+    folds = [r["setup"].get("fold", 0) for r in results]
+    if len(set(folds)) != len(folds):
+        raise InputError("results", f"folds {folds} repeat; each fold may appear once")
+    first = {k: v for k, v in results[0]["setup"].items() if k not in PER_FOLD}
+    for i, r in enumerate(results):
+        setup = {k: v for k, v in r["setup"].items() if k not in PER_FOLD}
+        diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
+        if diff:
+            raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
+        if set(r["losses"]) != set(results[0]["losses"]):
+            raise InputError(f"results[{i}]", f"losses {sorted(r['losses'])} differ from the first run's "
+                                              f"{sorted(results[0]['losses'])}")
+    setup = dict(results[0]["setup"], folds=folds, fold="all", pairs=[p for r in results for p in r["setup"]["pairs"]],
+                 train_pairs=[r["setup"]["train_pairs"] for r in results],
+                 feature_training="in each fold, the hub subject only (" + "; ".join(
+                     f"fold {f}: {r['setup']['feature_training']}" for f, r in zip(folds, results)) + ")",
+                 feature_nets={k: v for r in results for k, v in r["setup"].get("feature_nets", {}).items()},
+                 minutes_total=sum(r["setup"].get("minutes_total", 0.0) for r in results), merged_runs=len(results),
+                 minutes_longest_run=max(r["setup"].get("minutes_longest_run", r["setup"].get("minutes_total", 0.0))
+                                         for r in results))
+    affine = {k: [v for r in results for v in r["affine_only"][k]] for k in results[0]["affine_only"]}
+    out = {"setup": setup, "affine_only": affine, "losses": {}}
+    for name in results[0]["losses"]:
+        runs = [r["losses"][name] for r in results]
+        for key in ("lambda", "steps", "augment"):
+            if len({str(run.get(key)) for run in runs}) > 1:
+                raise InputError("results", f"{name}: {key} differs between folds: {[run.get(key) for run in runs]}")
+        merged = {k: [v for run in runs for v in run.get(k, [])] for k in CONCATENATED}
+        merged.update({"lambda": runs[0]["lambda"], "steps": runs[0]["steps"], "augment": runs[0].get("augment")})
+        merged.update(fold_dice=[float(np.mean(run["dice"])) for run in runs],
+                      train_seconds=float(np.mean([run["train_seconds"] for run in runs])),
+                      inference_ms=float(np.mean([run["inference_ms"] for run in runs])),
+                      seconds_per_pair=float(np.mean([run["seconds_per_pair"] for run in runs])))
+        out["losses"][name] = merged
+    return out
+
+
 POSED = " in a new random pose (flip + small affine, labels nearest) at every step"
 
 
@@ -341,21 +420,29 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     factors = s.get("lambda_factors", [1.0])
     rules = {"folding": f"the smallest whose folding on the training pairs stays under {100 * FOLDING_LIMIT:g}% "
                         f"(label-free)",
-             "validation": "the one with the highest mean Dice on 4 synthetic smooth deformations of the vxm "
+             "validation": "the one with the highest mean Dice on 4 synthetic smooth deformations of the hub "
                            "subject (its own labels; no test label)"}
     lam = (f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
            if len(factors) == 1 else f"lambda per loss: {s['lambda_source']}'s times {factors}, "
            f"{rules[s.get('lambda_rule', 'folding')]}; every run under 'sweep' in the JSON")
     minutes = (f"{s['minutes_total']:.1f} min in all" if s.get("merged_runs", 1) == 1 else
-               f"{s['minutes_total']:.1f} min of compute in {s['merged_runs']} runs side by side (the longest "
+               f"{s['minutes_total']:.1f} min of compute in {s['merged_runs']} runs (the longest "
                f"{s['minutes_longest_run']:.1f} min)")
+    folds = s.get("folds")
+    if folds:
+        tested = f"all {len(s['pairs'])} directed pairs, each held out in one of the folds {folds}"
+        split = ("Cross-validated over the three subjects: in fold k the net trains on the 4 directed pairs between "
+                 "subject k (the hub) and the other two, and is tested on the 2 directed pairs between those two")
+    else:
+        tested = f"the held-out directed pairs {' and '.join(s['pairs'])}"
+        split = f"Trained on the 4 directed pairs {', '.join(s.get('train_pairs', ['vxm <-> OASIS 0001 / 0002']))}"
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
-              f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on the held-out "
-              f"directed pairs {' and '.join(s['pairs'])}\n\nTrained on the 4 directed pairs vxm <-> OASIS 0001 / "
-              f"0002 on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
+              f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on {tested}\n\n"
+              f"{split}, on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
               f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
-              f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, the vxm "
-              f"subject only{POSED if s.get('feature_augment') else ''}. Dice over seg35 labels on the full "
+              f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, "
+              f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}. "
+              f"Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
               f"CPU thread. {minutes}. Paper column: the paper's 3D networks (hundreds of "
@@ -370,6 +457,13 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     for name, r in rows:
         lines.append(f"| {name} | {np.mean(r['dice']):.3f} | {ref(name)} | {np.mean(r['train_dice']):.3f} | "
                      f"{r['train_seconds']:.0f} | {r['steps']} |")
+    if folds:
+        lines += ["", "Mean test Dice per fold (2 directed pairs each):", "",
+                  "| loss | " + " | ".join(f"fold {f}: {s['pairs'][2 * i]} and back" for i, f in enumerate(folds)) +
+                  " | all |", "|---|" + "---:|" * (len(folds) + 1)]
+        per_fold = lambda dice: [np.mean(dice[2 * i:2 * i + 2]) for i in range(len(folds))]  # noqa: E731
+        for name, dice in [("affine only", result["affine_only"]["dice"])] + [(n, r["dice"]) for n, r in rows]:
+            lines.append(f"| {name} | " + " | ".join(f"{d:.3f}" for d in per_fold(dice)) + f" | {np.mean(dice):.3f} |")
     swept = [(n, r) for n, r in result["losses"].items() if len(r.get("sweep", [])) > 1]
     if swept:
         lines += ["", f"Lambda sweep (chosen by the {s.get('lambda_rule', 'folding')} rule alone; test Dice shown for "
@@ -382,7 +476,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
                 lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | {val} | "
                              f"{np.mean(run['dice']):.3f} | {100 * np.mean(run['folding']):.3f} | "
                              f"{'yes' if run['lambda'] == r['lambda'] else ''} |")
-    text = write_report(result, out_dir, stem, header, f"3D brain MR, trained nets, 2 held-out pairs, {g} grid",
+    title = f"3D brain MR, trained nets, {len(s['pairs'])} held-out pairs, {g} grid"
+    text = write_report(result, out_dir, stem, header, title,
                         footer="\n".join(lines) + "\n")
     log(text)
     return text

@@ -105,10 +105,37 @@ def test_training_lowers_the_loss_and_scores_the_right_pairs():
 
 
 def test_splits_keep_the_test_pair_out_of_training():
-    train, test = set(net3d.TRAIN_PAIRS), set(net3d.TEST_PAIRS)
-    assert not train & test and len(train) == 4 and len(test) == 2
-    assert all(0 in p for p in train) and all(0 not in p for p in test)  # vxm in every training pair only
-    assert net3d.FEATURE_SUBJECTS == (0,)  # feature nets see no test subject's labels
+    assert (net3d.TRAIN_PAIRS, net3d.TEST_PAIRS) == (((0, 1), (1, 0), (0, 2), (2, 0)), ((1, 2), (2, 1)))
+    tested = []
+    for fold in range(3):
+        train, test = map(set, net3d.fold_pairs(fold))
+        assert not train & test and len(train) == 4 and len(test) == 2
+        # The hub (whose labels alone train the feature net) is in every training pair and no test pair.
+        assert all(fold in p for p in train) and all(fold not in p for p in test)
+        tested += test
+    assert sorted(tested) == [(m, f) for m in range(3) for f in range(3) if m != f]  # each pair tested once
+    for bad in (-1, 3, "0"):
+        with pytest.raises(InputError, match="fold"):
+            net3d.fold_pairs(bad)
+
+
+def test_a_fold_trains_on_its_hub_pairs_and_validates_on_the_hub():
+    # Blobs 2, 3 and 5 voxels apart: every subject pair has its own zero-deformation Dice.
+    centres = [(8, 8, 8), (10, 8, 8), (5, 8, 8)]
+    images = torch.cat([blob((16, 16, 16), c) for c in centres])
+    labels = [(blob((32, 32, 32), [2 * v for v in c], 6.0)[0, 0] > 0.5).numpy().astype(np.uint8) for c in centres]
+    validation = net3d.synthetic_validation(images[2:3], labels[2], count=1)
+    # lr 1e-7: the net barely moves from its near-zero initial output, so each scored Dice is its pair's own.
+    r = net3d.train_and_score("mse", images, labels, lam=0.01, feature_net=None, steps=4, lr=1e-7, augment=False,
+                              seed=0, log=lambda *a: None, validation=validation, fold=2)
+    zero = torch.zeros(1, 3, 16, 16, 16)
+    train, test = net3d.fold_pairs(2)
+    for got, pairs in ((r["dice"], test), (r["train_dice"], train)):
+        assert np.allclose(got, [net3d.score(zero, labels[m], labels[f])["dice"] for m, f in pairs], atol=0.02)
+    other = [net3d.score(zero, labels[m], labels[f])["dice"] for m, f in net3d.TEST_PAIRS]
+    assert abs(np.mean(r["dice"]) - np.mean(other)) > 0.1  # fold 0's test pairs would score otherwise
+    # The validation targets are deformations of the hub (subject 2), registered from the hub itself.
+    assert len(r["val_dice"]) == 1 and r["val_dice"][0] > 0.7 and r["steps"] == 4  # 0.78; from subject 0: 0.40
 
 
 def test_unknown_or_label_loss_refused_before_loading_data():
@@ -193,7 +220,7 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
     assert merged["setup"]["feature_nets"] == {"seg:vxm": {}}
     text = net3d.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
     assert "the smallest whose folding on the training pairs stays under 1%" in text
-    assert "50.0 min of compute in 2 runs side by side (the longest 30.0 min)" in text
+    assert "50.0 min of compute in 2 runs (the longest 30.0 min)" in text
     assert "| deepsim-seg | 0.01 | 2.000 |  | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
     assert "| deepsim-seg | 0.04 | 0.100 |  | 0.610 | 0.000 | yes |" in text
     with pytest.raises(InputError, match="more than one run"):
@@ -227,3 +254,37 @@ def test_synthetic_validation_deforms_image_and_labels_alike():
         com_image = np.array(np.nonzero(fixed[0, 0].numpy() > 0.5)).mean(1) * 2 + 0.5
         com_label = np.array(np.nonzero(fixed_labels)).mean(1)
         assert np.abs(com_image - com_label).max() < 1.0
+
+
+def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
+    def fold(k, pairs, dice, feature):
+        r = run_result({"mse": loss_result(0.0025, dice), "deepsim-seg": loss_result(0.075, dice + 0.01)}, 10.0 + k,
+                       fold=k, pairs=pairs, train_pairs=[f"train {k}"], feature_training=f"the {feature} subject only",
+                       feature_nets={f"seg:{feature}": {}})
+        r["losses"]["mse"]["inference_ms"] = r["losses"]["deepsim-seg"]["inference_ms"] = 100.0 * (k + 1)
+        return r
+
+    f0 = fold(0, ["b -> c", "c -> b"], 0.6, "a")
+    del f0["setup"]["fold"]  # a run made before folds existed counts as fold 0
+    f1, f2 = fold(1, ["a -> c", "c -> a"], 0.5, "b"), fold(2, ["a -> b", "b -> a"], 0.7, "c")
+    merged = net3d.merge_3d_net_folds([f0, f1, f2])
+    s = merged["setup"]
+    assert s["folds"] == [0, 1, 2] and s["pairs"] == ["b -> c", "c -> b", "a -> c", "c -> a", "a -> b", "b -> a"]
+    assert s["minutes_total"] == 33.0 and set(s["feature_nets"]) == {"seg:a", "seg:b", "seg:c"}
+    mse = merged["losses"]["mse"]
+    assert mse["dice"] == [0.6, 0.6, 0.5, 0.5, 0.7, 0.7] and mse["fold_dice"] == [0.6, 0.5, 0.7]
+    assert len(mse["folding"]) == 6 and mse["lambda"] == 0.0025 and mse["inference_ms"] == 200.0
+    assert merged["affine_only"]["dice"] == [0.45, 0.47] * 3
+    text = net3d.report_3d_net(merged, tmp_path, "cv", log=lambda *_: None)
+    assert "all 6 directed pairs, each held out in one of the folds [0, 1, 2]" in text
+    assert "| mse | 0.600 | 0.500 | 0.700 | 0.600 |" in text
+    assert "| deepsim-seg | 0.610 | 0.510 | 0.710 | 0.610 |" in text
+    assert "fold 0: the a subject only; fold 1: the b subject only" in text
+    for bad, match in (([f1, f1], "repeat"), ([f0, fold(1, ["x"], 0.5, "b") | {"losses": {"mse": f1["losses"]["mse"]}}],
+                                              "losses"),
+                       ([f0, {**f1, "setup": {**f1["setup"], "steps": 99}}], "steps"), ([], "nothing")):
+        with pytest.raises(InputError, match=match):
+            net3d.merge_3d_net_folds(bad)
+    f2["losses"]["mse"]["lambda"] = 0.01
+    with pytest.raises(InputError, match="lambda differs"):
+        net3d.merge_3d_net_folds([f0, f1, f2])
