@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_output
 from .errors import InputError
+from .torch_files import load_torch_file, save_torch_file
 
 FILE_FORMAT = "DeepSimilarity training checkpoint"
 SUFFIX = ".ckpt"
@@ -104,11 +104,7 @@ class EpochCheckpoint:
                 self.earlier_seconds = float(self.saved[-1].get("elapsed", 0.0))
 
     def _read(self) -> list[dict]:
-        try:
-            blob = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated or foreign file: torch raises many types
-            raise InputError(self.path, f"cannot read the training checkpoint ({type(exc).__name__}); "
-                                        "delete it to start over") from None
+        blob = load_torch_file(self.path, "training checkpoint", "; delete it to start over")
         if not isinstance(blob, dict) or blob.get("format") != FILE_FORMAT:
             raise InputError(self.path, "not a DeepSimilarity training checkpoint; delete it to start over")
         if blob.get("fingerprint") != self.fingerprint:
@@ -150,8 +146,7 @@ class EpochCheckpoint:
         else:
             self.records.append(record)
         blob = {"format": FILE_FORMAT, "version": 1, "fingerprint": self.fingerprint, "stages": self.records}
-        with atomic_output(self.path) as tmp:
-            torch.save(blob, tmp)
+        save_torch_file(blob, self.path)
 
     def discard(self) -> None:
         """Remove the file once the training's output is written, with what killed writes of it left behind.

@@ -82,12 +82,9 @@ def verified_weights(folder, name: str) -> Path:
 
 def describe_model_file(path) -> tuple[dict, dict]:
     """``(config, metadata)`` of a weight file written by any of the project's trainers."""
-    import torch
+    from .torch_files import load_torch_file
 
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable weight file ({type(exc).__name__})") from None
+    blob = load_torch_file(path, "weight file")
     if not isinstance(blob, dict) or not isinstance(blob.get("config"), dict):
         raise InputError(path, "not a DeepSimilarity weight file (no config)")
     return dict(blob["config"]), dict(blob.get("metadata") or {})

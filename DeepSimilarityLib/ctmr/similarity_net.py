@@ -11,7 +11,6 @@ fine-tuned with softmax cross-entropy on matching / non-matching pairs.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_output
-from ..errors import InputError, first_line
+from ..errors import InputError
+from ..torch_files import load_torch_file, save_torch_file
 from .sdae import (TrainSettings, _StageReporter, as_settings, pretrain_multimodal, pretrain_unimodal,
                    run_epochs, sigmoid_init)
 
@@ -238,11 +237,7 @@ def save_net(net: PatchSimilarityNet, path, metadata: dict | None = None) -> Pat
     payload = {"format": FILE_FORMAT, "version": 1, "config": dict(net.config),
                "state_dict": {k: t.detach().cpu().clone() for k, t in net.state_dict().items()},
                "metadata": dict(net.metadata if metadata is None else metadata)}
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
+    return save_torch_file(payload, path)
 
 
 def load_net(path, expected: dict | None = None) -> PatchSimilarityNet:
@@ -252,12 +247,7 @@ def load_net(path, expected: dict | None = None) -> PatchSimilarityNet:
     config. Raises :class:`InputError` naming ``path`` for a missing, corrupt or mismatched file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "network file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable network file ({type(err).__name__}: {first_line(err)})") from None
+    payload = load_torch_file(path, "network file")
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a CT/MR similarity network file")
     config = check_config(payload.get("config"), name=str(path))

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..ctmr.sdae import TrainSettings, run_epochs
 from ..errors import InputError
-from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .checkpoint import load_network, save_checkpoint
 
 KIND = "deepsim-features"
 MODES = ("seg", "ae")
@@ -129,11 +129,4 @@ def save_feature_net(net: FeatureNet, path, metadata: dict | None = None):
 
 def load_feature_net(path) -> FeatureNet:
     """A frozen :class:`FeatureNet` in eval mode; :class:`InputError` on a wrong or foreign file."""
-    blob = load_checkpoint(path, KIND)
-    try:
-        net = FeatureNet(**blob["config"])
-    except TypeError as exc:
-        raise InputError(path, f"config does not describe a feature net ({exc})") from None
-    net = load_state(net, blob, path)
-    net.metadata = blob["metadata"]
-    return net.requires_grad_(False)
+    return load_network(path, KIND, FeatureNet, "feature net")

@@ -19,7 +19,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ..errors import InputError
-from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .checkpoint import load_network, save_checkpoint
 
 KIND = "deepsim-registration"
 
@@ -117,14 +117,8 @@ def save_registration_net(net: RegistrationNet, path, metadata: dict | None = No
 
 
 def load_registration_net(path) -> RegistrationNet:
-    blob = load_checkpoint(path, KIND)
-    try:
-        net = RegistrationNet(**blob["config"])
-    except TypeError as exc:
-        raise InputError(path, f"config does not describe a registration net ({exc})") from None
-    net = load_state(net, blob, path)
-    net.metadata = blob["metadata"]
-    return net.requires_grad_(False)
+    """A frozen :class:`RegistrationNet` in eval mode; :class:`InputError` on a wrong or foreign file."""
+    return load_network(path, KIND, RegistrationNet, "registration net")
 
 
 def resize_displacement(ddf: torch.Tensor, size) -> torch.Tensor:

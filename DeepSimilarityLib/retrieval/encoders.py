@@ -95,12 +95,9 @@ def _read_header(path: Path) -> dict:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(path, f"model file is not valid JSON ({exc})") from None
     else:
-        import torch
+        from ..torch_files import load_torch_file
 
-        try:
-            header = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-            raise InputError(path, f"not a model file ({type(exc).__name__}: {str(exc)[:120]})") from None
+        header = load_torch_file(path, "model file")
     if not isinstance(header, dict) or "format" not in header:
         raise InputError(path, "model file has no 'format' key")
     return header

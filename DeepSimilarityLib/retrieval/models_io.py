@@ -9,14 +9,13 @@ retrained weights never mix with old codes in a database.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_output
-from ..errors import InputError, first_line
+from ..errors import InputError
+from ..torch_files import load_torch_file, save_torch_file
 from .backbone import as_batch
 from .encoder import pack_bits
 from ..weights_manifest import file_sha256  # noqa: F401  (model ids; re-exported)
@@ -39,22 +38,14 @@ def save_model(net, path, metadata: dict | None = None) -> Path:
     payload = {"format": FILE_FORMAT, "version": 1, "config": dict(net.config),
                "state_dict": {k: t.detach().cpu().clone() for k, t in net.state_dict().items()},
                "metadata": dict(metadata or {})}
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    save_torch_file(payload, path)
     return path
 
 
 def load_model(path):
     """``(net, metadata)`` from ``path`` in eval mode; InputError for a missing, foreign or mismatched file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "model file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise InputError(path, f"not a readable model file ({type(err).__name__}: {first_line(err)})") from None
+    payload = load_torch_file(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise InputError(path, "not a DeepSimilarity retrieval model file")
     config = payload.get("config")

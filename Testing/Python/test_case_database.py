@@ -389,5 +389,5 @@ def test_load_encoder_dispatches_on_format(tmp_path):
     with pytest.raises(InputError, match="unknown model format 'nope'"):
         load_encoder(tmp_path / "odd.json")
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(InputError, match="bad.pt: not a model file"):
+    with pytest.raises(InputError, match="bad.pt: not a readable model file"):
         load_encoder(tmp_path / "bad.pt")

@@ -176,7 +176,7 @@ def test_feature_net_trains_saves_and_refuses_foreign_files(tmp_path):
     with pytest.raises(InputError, match="architecture"):
         load_feature_net(tmp_path / "bad.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="junk.pt: not a readable weights file"):
         load_registration_net(tmp_path / "junk.pt")
 
 

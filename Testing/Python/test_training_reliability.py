@@ -110,7 +110,7 @@ def test_checkpoint_of_other_options_or_damaged_is_refused(tmp_path):
             TRAININGS["hashing"](None)
     data = checkpoint_path(out).read_bytes()
     checkpoint_path(out).write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="cannot read the training checkpoint"):
+    with pytest.raises(InputError, match="not a readable training checkpoint .*; delete it to start over"):
         with training_checkpoint(out, {"epochs": 3}, resume=True):
             pass
 
