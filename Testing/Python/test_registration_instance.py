@@ -175,6 +175,37 @@ def test_cli_evaluate_registration_instance_protocols_write_their_report(data, t
     assert "| mse | 0.550 |" in table and ("paper" in table) == (data == "brain3d")
 
 
+def test_cli_evaluate_registration_trained_3d_nets_run_every_fold_and_merge(tmp_path, monkeypatch):
+    """``--data brain3d-net`` runs the three folds (or the one asked for) and writes one merged report."""
+    require_data("brain-mr/oasis")
+    from DeepSimilarityLib.cli import main
+    from DeepSimilarityLib.registration import experiment3d_net
+
+    calls = []
+
+    def fake_run(losses, **kw):
+        calls.append(kw)
+        k = kw["fold"]
+        loss = {"dice": [0.5 + k / 10] * 2, "dice_per_label": [{}, {}], "folding": [0.0, 0.0], "lambda": 0.0025,
+                "train_dice": [0.6] * 4, "train_folding": [0.0] * 4, "val_dice": [], "train_seconds": 1.0,
+                "steps": kw["steps"], "inference_ms": 10.0, "seconds_per_pair": 0.01, "augment": True}
+        setup = {"grid": [8, 8, 8], "network_grid": [4, 4, 4], "factor": 2, "pairs": [f"p{k}", f"q{k}"],
+                 "train_pairs": [f"t{k}"], "steps": kw["steps"], "lr": 3e-3, "augment": True, "feature_steps": 5,
+                 "fold": k, "feature_training": f"subject {k}"}
+        return {"setup": setup, "affine_only": {"dice": [0.4, 0.4], "folding": [0.0, 0.0]}, "losses": {"mse": loss}}
+
+    monkeypatch.setattr(experiment3d_net, "run_net_comparison_3d", fake_run)
+    argv = ["evaluate", "registration", "--data", "brain3d-net", "--losses", "mse", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert [c["fold"] for c in calls] == [0, 1, 2] and {c["steps"] for c in calls} == {1000}
+    table = (tmp_path / "registration_3d_net_folds.md").read_text()
+    assert "all 6 directed pairs" in table and "| mse | 0.500 | 0.600 | 0.700 | 0.600 |" in table
+    assert all((tmp_path / f"registration_3d_net_folds_fold{k}.json").is_file() for k in range(3))
+    calls.clear()
+    assert main(argv + ["--fold", "2", "--steps", "30"]) == 0
+    assert [(c["fold"], c["steps"]) for c in calls] == [(2, 30)]
+
+
 def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
     from DeepSimilarityLib.cli import main
     from DeepSimilarityLib.cli.train_registration import LOSS_NAMES
@@ -183,6 +214,7 @@ def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
     cases = [(["--data", "brain3d", "--losses", "ncc-sup"], "--losses"),
              (["--data", "em", "--steps", "0"], "--steps"),
              (["--data", "em", "--save-weights", str(tmp_path)], "--save-weights"),
+             (["--data", "brain3d", "--fold", "1"], "--fold"),
              (["--data", "lung"], None)]
     for argv, text in cases:
         if text is None:
