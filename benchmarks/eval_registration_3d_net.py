@@ -31,8 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv=None):
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
-    from DeepSimilarityLib.registration.experiment3d_net import (merge_3d_net_folds, merge_3d_net_results,
-                                                                 report_3d_net, run_and_report_3d_net)
+    from DeepSimilarityLib.registration.experiment3d_net import run_and_report_3d_net
+    from DeepSimilarityLib.registration.report_net3d import merge_3d_net_folds, merge_3d_net_results, report_3d_net
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")

@@ -7,6 +7,7 @@ import torch
 from conftest import require_data
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.registration import experiment3d_net as net3d
+from DeepSimilarityLib.registration import report_net3d as rep
 from DeepSimilarityLib.registration.losses import make_loss
 from DeepSimilarityLib.registration.train import train_registration
 
@@ -147,7 +148,7 @@ def test_unknown_or_label_loss_refused_before_loading_data():
 def test_instance_column_reads_the_test_pairs():
     instance = {"setup": {"pairs": ["a -> b", "b -> a", "a -> c"]},
                 "losses": {"mse": {"dice": [0.1, 0.2, 0.3]}}, "affine_only": {"dice": [0.5, 0.6, 0.7]}}
-    got = net3d.instance_on_test_pairs(instance, ["a -> c", "a -> b"])
+    got = rep.instance_on_test_pairs(instance, ["a -> c", "a -> b"])
     assert got == {"mse": [0.3, 0.1], "affine only": [0.7, 0.5]}
 
 
@@ -215,18 +216,18 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
               "train_folding": [0.001], "train_seconds": 10.0}]
     a = run_result({"deepsim-seg": loss_result(0.04, 0.61, sweep)}, 30.0, feature_nets={"seg:vxm": {}})
     b = run_result({"mse": loss_result(0.0025, 0.6)}, 20.0)
-    merged = net3d.merge_3d_net_results([a, b])
+    merged = rep.merge_3d_net_results([a, b])
     assert list(merged["losses"]) == ["deepsim-seg", "mse"] and merged["setup"]["minutes_total"] == 50.0
     assert merged["setup"]["feature_nets"] == {"seg:vxm": {}}
-    text = net3d.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
+    text = rep.report_3d_net(merged, tmp_path, "m", log=lambda *_: None)
     assert "the smallest whose folding on the training pairs stays under 1%" in text
     assert "50.0 min of compute in 2 runs (the longest 30.0 min)" in text
     assert "| deepsim-seg | 0.01 | 2.000 |  | 0.510 | 0.000 |  |" in text  # folds too much on the training pairs
     assert "| deepsim-seg | 0.04 | 0.100 |  | 0.610 | 0.000 | yes |" in text
     with pytest.raises(InputError, match="more than one run"):
-        net3d.merge_3d_net_results([a, a])
+        rep.merge_3d_net_results([a, a])
     with pytest.raises(InputError, match=r"results\[1\].*steps"):
-        net3d.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
+        rep.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
 
 
 def test_validation_rule_takes_the_best_synthetic_dice():
@@ -267,7 +268,7 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
     f0 = fold(0, ["b -> c", "c -> b"], 0.6, "a")
     del f0["setup"]["fold"]  # a run made before folds existed counts as fold 0
     f1, f2 = fold(1, ["a -> c", "c -> a"], 0.5, "b"), fold(2, ["a -> b", "b -> a"], 0.7, "c")
-    merged = net3d.merge_3d_net_folds([f0, f1, f2])
+    merged = rep.merge_3d_net_folds([f0, f1, f2])
     s = merged["setup"]
     assert s["folds"] == [0, 1, 2] and s["pairs"] == ["b -> c", "c -> b", "a -> c", "c -> a", "a -> b", "b -> a"]
     assert s["minutes_total"] == 33.0 and set(s["feature_nets"]) == {"seg:a", "seg:b", "seg:c"}
@@ -275,7 +276,7 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
     assert mse["dice"] == [0.6, 0.6, 0.5, 0.5, 0.7, 0.7] and mse["fold_dice"] == [0.6, 0.5, 0.7]
     assert len(mse["folding"]) == 6 and mse["lambda"] == 0.0025 and mse["inference_ms"] == 200.0
     assert merged["affine_only"]["dice"] == [0.45, 0.47] * 3
-    text = net3d.report_3d_net(merged, tmp_path, "cv", log=lambda *_: None)
+    text = rep.report_3d_net(merged, tmp_path, "cv", log=lambda *_: None)
     assert "all 6 directed pairs, each held out in one of the folds [0, 1, 2]" in text
     assert "| mse | 0.600 | 0.500 | 0.700 | 0.600 |" in text
     assert "| deepsim-seg | 0.610 | 0.510 | 0.710 | 0.610 |" in text
@@ -284,7 +285,7 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
                                               "losses"),
                        ([f0, {**f1, "setup": {**f1["setup"], "steps": 99}}], "steps"), ([], "nothing")):
         with pytest.raises(InputError, match=match):
-            net3d.merge_3d_net_folds(bad)
+            rep.merge_3d_net_folds(bad)
     f2["losses"]["mse"]["lambda"] = 0.01
     with pytest.raises(InputError, match="lambda differs"):
-        net3d.merge_3d_net_folds([f0, f1, f2])
+        rep.merge_3d_net_folds([f0, f1, f2])

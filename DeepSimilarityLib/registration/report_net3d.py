@@ -1,0 +1,175 @@
+"""Merging and reporting the trained-3D-network runs of :mod:`.experiment3d_net`.
+
+Runs of disjoint losses under one setup (two processes, one per core) merge by
+:func:`merge_3d_net_results`; runs of different folds (:func:`~.experiment3d_net.fold_pairs`)
+by :func:`merge_3d_net_folds`; :func:`report_3d_net` writes the table, JSON and box plot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from .compare import FOLDING_LIMIT
+
+
+def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
+    """``{loss: [Dice per test pair]}`` from the instance benchmark's result (``registration_3d.json``)."""
+    where = [instance["setup"]["pairs"].index(p) for p in test_pairs]
+    out = {name: [r["dice"][i] for i in where] for name, r in instance["losses"].items()}
+    out["affine only"] = [instance["affine_only"]["dice"][i] for i in where]
+    return out
+
+
+def merge_3d_net_results(results: list) -> dict:
+    """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
+
+    The setups must agree except for timing and feature-net entries; minutes add up.
+    """
+    if not results:
+        raise InputError("results", "nothing to merge")
+    ignore = ("minutes_total", "feature_nets")
+    first = {k: v for k, v in results[0]["setup"].items() if k not in ignore}
+    out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
+    for i, r in enumerate(results):
+        setup = {k: v for k, v in r["setup"].items() if k not in ignore}
+        if setup != first:
+            diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
+            raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
+        twice = set(r["losses"]) & set(out["losses"])
+        if twice:
+            raise InputError(f"results[{i}]", f"losses {sorted(twice)} appear in more than one run")
+        out["losses"].update(r["losses"])
+        if "ablation" in r:
+            out.setdefault("ablation", {}).update(r["ablation"])
+        out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
+    minutes = [r["setup"].get("minutes_total", 0.0) for r in results]
+    out["setup"].update(minutes_total=sum(minutes), minutes_longest_run=max(minutes), merged_runs=len(results))
+    return out
+
+
+# Setup entries that differ between folds by design (or are timings); everything else must agree.
+PER_FOLD = ("fold", "pairs", "train_pairs", "feature_training", "feature_nets", "minutes_total",
+            "minutes_longest_run", "merged_runs")
+CONCATENATED = ("dice", "dice_per_label", "folding", "train_dice", "train_folding", "val_dice")
+
+
+def merge_3d_net_folds(results: list) -> dict:
+    """One result over the test pairs of several folds (:func:`fold_pairs`), each run with the same losses.
+
+    Per-pair lists are concatenated in the order of ``results``; lambdas and steps must agree; training
+    seconds and inference times are averaged. A result without ``"fold"`` in its setup (made before
+    folds existed) is fold 0. ``setup["folds"]`` and each loss's ``"fold_dice"`` keep the per-fold means.
+    """
+    if not results:
+        raise InputError("results", "nothing to merge")
+    folds = [r["setup"].get("fold", 0) for r in results]
+    if len(set(folds)) != len(folds):
+        raise InputError("results", f"folds {folds} repeat; each fold may appear once")
+    first = {k: v for k, v in results[0]["setup"].items() if k not in PER_FOLD}
+    for i, r in enumerate(results):
+        setup = {k: v for k, v in r["setup"].items() if k not in PER_FOLD}
+        diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
+        if diff:
+            raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
+        if set(r["losses"]) != set(results[0]["losses"]):
+            raise InputError(f"results[{i}]", f"losses {sorted(r['losses'])} differ from the first run's "
+                                              f"{sorted(results[0]['losses'])}")
+    setup = dict(results[0]["setup"], folds=folds, fold="all", pairs=[p for r in results for p in r["setup"]["pairs"]],
+                 train_pairs=[r["setup"]["train_pairs"] for r in results],
+                 feature_training="in each fold, the hub subject only (" + "; ".join(
+                     f"fold {f}: {r['setup']['feature_training']}" for f, r in zip(folds, results)) + ")",
+                 feature_nets={k: v for r in results for k, v in r["setup"].get("feature_nets", {}).items()},
+                 minutes_total=sum(r["setup"].get("minutes_total", 0.0) for r in results), merged_runs=len(results),
+                 minutes_longest_run=max(r["setup"].get("minutes_longest_run", r["setup"].get("minutes_total", 0.0))
+                                         for r in results))
+    affine = {k: [v for r in results for v in r["affine_only"][k]] for k in results[0]["affine_only"]}
+    out = {"setup": setup, "affine_only": affine, "losses": {}}
+    for name in results[0]["losses"]:
+        runs = [r["losses"][name] for r in results]
+        for key in ("lambda", "steps", "augment"):
+            if len({str(run.get(key)) for run in runs}) > 1:
+                raise InputError("results", f"{name}: {key} differs between folds: {[run.get(key) for run in runs]}")
+        merged = {k: [v for run in runs for v in run.get(k, [])] for k in CONCATENATED}
+        merged.update({"lambda": runs[0]["lambda"], "steps": runs[0]["steps"], "augment": runs[0].get("augment")})
+        merged.update(fold_dice=[float(np.mean(run["dice"])) for run in runs],
+                      train_seconds=float(np.mean([run["train_seconds"] for run in runs])),
+                      inference_ms=float(np.mean([run["inference_ms"] for run in runs])),
+                      seconds_per_pair=float(np.mean([run["seconds_per_pair"] for run in runs])))
+        out["losses"][name] = merged
+    return out
+
+
+POSED = " in a new random pose (flip + small affine, labels nearest) at every step"
+
+
+def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None, log=print) -> str:
+    """Writes ``{stem}.{json,md,png}`` for a :func:`run_net_comparison_3d` result; returns the markdown."""
+    from .report import write_report
+
+    s = result["setup"]
+    g = "x".join(str(n) for n in s["network_grid"])
+    factors = s.get("lambda_factors", [1.0])
+    rules = {"folding": f"the smallest whose folding on the training pairs stays under {100 * FOLDING_LIMIT:g}% "
+                        f"(label-free)",
+             "validation": "the one with the highest mean Dice on 4 synthetic smooth deformations of the hub "
+                           "subject (its own labels; no test label)"}
+    lam = (f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
+           if len(factors) == 1 else f"lambda per loss: {s['lambda_source']}'s times {factors}, "
+           f"{rules[s.get('lambda_rule', 'folding')]}; every run under 'sweep' in the JSON")
+    minutes = (f"{s['minutes_total']:.1f} min in all" if s.get("merged_runs", 1) == 1 else
+               f"{s['minutes_total']:.1f} min of compute in {s['merged_runs']} runs (the longest "
+               f"{s['minutes_longest_run']:.1f} min)")
+    folds = s.get("folds")
+    if folds:
+        tested = f"all {len(s['pairs'])} directed pairs, each held out in one of the folds {folds}"
+        split = ("Cross-validated over the three subjects: in fold k the net trains on the 4 directed pairs between "
+                 "subject k (the hub) and the other two, and is tested on the 2 directed pairs between those two")
+    else:
+        tested = f"the held-out directed pairs {' and '.join(s['pairs'])}"
+        split = f"Trained on the 4 directed pairs {', '.join(s.get('train_pairs', ['vxm <-> OASIS 0001 / 0002']))}"
+    header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
+              f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on {tested}\n\n"
+              f"{split}, on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
+              f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
+              f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, "
+              f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}. "
+              f"Dice over seg35 labels on the full "
+              f"{'x'.join(str(n) for n in s['grid'])} grid, "
+              f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "
+              f"CPU thread. {minutes}. Paper column: the paper's 3D networks (hundreds of "
+              f"volumes), for ordering only.")
+    lines = ["", "| loss | net: test Dice | instance opt.: same pairs | net: training-pair Dice | training s | steps |",
+             "|---|---:|---:|---:|---:|---:|"]
+    inst = instance_on_test_pairs(instance, s["pairs"]) if instance else {}
+    ref = lambda name: f"{np.mean(inst[name]):.3f}" if name in inst else ""  # noqa: E731
+    lines.append(f"| affine only | {np.mean(result['affine_only']['dice']):.3f} | {ref('affine only')} | | | |")
+    rows = [(n, r) for n, r in result["losses"].items()] + [(f"{n} (augment {r['augment']})", r)
+                                                            for n, r in result.get("ablation", {}).items()]
+    for name, r in rows:
+        lines.append(f"| {name} | {np.mean(r['dice']):.3f} | {ref(name)} | {np.mean(r['train_dice']):.3f} | "
+                     f"{r['train_seconds']:.0f} | {r['steps']} |")
+    if folds:
+        lines += ["", "Mean test Dice per fold (2 directed pairs each):", "",
+                  "| loss | " + " | ".join(f"fold {f}: {s['pairs'][2 * i]} and back" for i, f in enumerate(folds)) +
+                  " | all |", "|---|" + "---:|" * (len(folds) + 1)]
+        per_fold = lambda dice: [np.mean(dice[2 * i:2 * i + 2]) for i in range(len(folds))]  # noqa: E731
+        for name, dice in [("affine only", result["affine_only"]["dice"])] + [(n, r["dice"]) for n, r in rows]:
+            lines.append(f"| {name} | " + " | ".join(f"{d:.3f}" for d in per_fold(dice)) + f" | {np.mean(dice):.3f} |")
+    swept = [(n, r) for n, r in result["losses"].items() if len(r.get("sweep", [])) > 1]
+    if swept:
+        lines += ["", f"Lambda sweep (chosen by the {s.get('lambda_rule', 'folding')} rule alone; test Dice shown for "
+                      f"every run):", "",
+                  "| loss | lambda | training-pair folding % | validation Dice | test Dice | test folding % | chosen |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for name, r in swept:
+            for run in r["sweep"]:
+                val = f"{np.mean(run['val_dice']):.3f}" if run.get("val_dice") else ""
+                lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | {val} | "
+                             f"{np.mean(run['dice']):.3f} | {100 * np.mean(run['folding']):.3f} | "
+                             f"{'yes' if run['lambda'] == r['lambda'] else ''} |")
+    title = f"3D brain MR, trained nets, {len(s['pairs'])} held-out pairs, {g} grid"
+    text = write_report(result, out_dir, stem, header, title,
+                        footer="\n".join(lines) + "\n")
+    log(text)
+    return text
