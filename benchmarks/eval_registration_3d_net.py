@@ -43,11 +43,12 @@ def main(argv=None):
                    help="the 3D instance benchmark's JSON: lambdas and the comparison column")
     p.add_argument("--feature-steps", type=int, default=120, help="DeepSim feature-net training steps (default 120)")
     p.add_argument("--feature-augment", action="store_true",
-                   help="train the DeepSim feature nets on a new random pose of vxm (image + labels) every step")
+                   help="train the DeepSim feature nets on a new random pose of the hub subject (image + labels) "
+                        "every step")
     p.add_argument("--lambda-factors", default="1",
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
-                   help="validation: best Dice on synthetic deformations of the vxm subject (default); folding: "
+                   help="validation: best Dice on synthetic deformations of the hub subject (default); folding: "
                         "smallest lambda whose training-pair folding stays under 1%%")
     p.add_argument("--fold", type=int, default=0, choices=[0, 1, 2],
                    help="hub subject: 0 vxm (test OASIS 0001 <-> 0002; default), 1 OASIS 0001, 2 OASIS 0002; it "

@@ -21,21 +21,26 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
     return out
 
 
-def merge_3d_net_results(results: list) -> dict:
-    """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
-
-    The setups must agree except for timing and feature-net entries; minutes add up.
-    """
+def _check_same_setup(results: list, ignore) -> None:
+    """InputError unless ``results`` is not empty and every setup equals the first's outside ``ignore``."""
     if not results:
         raise InputError("results", "nothing to merge")
-    ignore = ("minutes_total", "feature_nets")
     first = {k: v for k, v in results[0]["setup"].items() if k not in ignore}
-    out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
     for i, r in enumerate(results):
         setup = {k: v for k, v in r["setup"].items() if k not in ignore}
         if setup != first:
             diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
             raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
+
+
+def merge_3d_net_results(results: list) -> dict:
+    """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
+
+    The setups must agree except for timing and feature-net entries; minutes add up.
+    """
+    _check_same_setup(results, ignore=("minutes_total", "feature_nets"))
+    out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
+    for i, r in enumerate(results):
         twice = set(r["losses"]) & set(out["losses"])
         if twice:
             raise InputError(f"results[{i}]", f"losses {sorted(twice)} appear in more than one run")
@@ -61,17 +66,11 @@ def merge_3d_net_folds(results: list) -> dict:
     seconds and inference times are averaged. A result without ``"fold"`` in its setup (made before
     folds existed) is fold 0. ``setup["folds"]`` and each loss's ``"fold_dice"`` keep the per-fold means.
     """
-    if not results:
-        raise InputError("results", "nothing to merge")
+    _check_same_setup(results, ignore=PER_FOLD)
     folds = [r["setup"].get("fold", 0) for r in results]
     if len(set(folds)) != len(folds):
         raise InputError("results", f"folds {folds} repeat; each fold may appear once")
-    first = {k: v for k, v in results[0]["setup"].items() if k not in PER_FOLD}
     for i, r in enumerate(results):
-        setup = {k: v for k, v in r["setup"].items() if k not in PER_FOLD}
-        diff = sorted(k for k in set(setup) | set(first) if setup.get(k) != first.get(k))
-        if diff:
-            raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
         if set(r["losses"]) != set(results[0]["losses"]):
             raise InputError(f"results[{i}]", f"losses {sorted(r['losses'])} differ from the first run's "
                                               f"{sorted(results[0]['losses'])}")
