@@ -110,11 +110,25 @@ def _finish(net, args, data, tr, te, source, history, scores: dict):
     print(f"wrote {path} (model id {file_sha256(path)[:12]}, {as_encoder(net, '').kind} codes)")
 
 
+def _held_out_scores(net, images, tr, te, distances, relevance, summarise) -> dict:
+    """Retrieval scores of the held-out images ``te`` queried against the training images ``tr``.
+
+    ``distances(query_codes, database_codes)`` ranks the database, ``relevance()`` gives the
+    ``(len(te), len(tr))`` relevance matrix, ``summarise(ranked)`` the paper's metrics; ``{}`` without held-out images.
+    """
+    from ..retrieval import retrieval_metrics as rm
+    from ..retrieval.models_io import as_encoder
+
+    if not len(te):
+        return {}
+    enc = as_encoder(net, "")
+    return summarise(rm.ranked_relevance(distances(enc.encode(images[te]), enc.encode(images[tr])), relevance()))
+
+
 def run_train_siamese(args):
     import torch
 
     from ..retrieval import retrieval_metrics as rm
-    from ..retrieval.models_io import as_encoder
     from ..retrieval.siamese import SiameseSettings, train_classifier, train_siamese
 
     output_path(args.out, "--out")
@@ -131,12 +145,8 @@ def run_train_siamese(args):
                                          embedding_dim=args.embedding_dim, **arch)
     history["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
-    scores = {}
-    if len(te):
-        enc = as_encoder(net, "")
-        ranked = rm.ranked_relevance(rm.euclidean_distances(enc.encode(data.images[te]), enc.encode(data.images[tr])),
-                                     rm.same_class(data.classes[te], data.classes[tr]))
-        scores = rm.map_mrr(ranked)
+    scores = _held_out_scores(net, data.images, tr, te, rm.euclidean_distances,
+                              lambda: rm.same_class(data.classes[te], data.classes[tr]), rm.map_mrr)
     _finish(net, args, data, tr, te, source, history, scores)
     checkpoint.discard()
 
@@ -146,7 +156,6 @@ def run_train_hashing(args):
 
     from ..retrieval import retrieval_metrics as rm
     from ..retrieval.hashing import HashSettings, train_hashing
-    from ..retrieval.models_io import as_encoder
 
     output_path(args.out, "--out")
     torch.set_num_threads(max(1, args.threads))
@@ -161,11 +170,8 @@ def run_train_hashing(args):
                                      depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
     history["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
-    scores = {}
-    if len(te):
-        enc = as_encoder(net, "")
-        ranked = rm.ranked_relevance(rm.hamming_distances(enc.encode(data.images[te]), enc.encode(data.images[tr])),
-                                     rm.shared_labels(data.labels[te], data.labels[tr]))
-        scores = rm.multilabel_scores(ranked, p=min(100, len(tr)))
+    scores = _held_out_scores(net, data.images, tr, te, rm.hamming_distances,
+                              lambda: rm.shared_labels(data.labels[te], data.labels[tr]),
+                              lambda ranked: rm.multilabel_scores(ranked, p=min(100, len(tr))))
     _finish(net, args, data, tr, te, source, history, scores)
     checkpoint.discard()

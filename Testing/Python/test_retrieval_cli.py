@@ -40,10 +40,16 @@ def test_train_hashing_and_siamese_from_csv(image_folder, tmp_path, capsys):
     assert enc.model_id == file_sha256(out) and enc.image_shape == (16, 16)
     assert enc.encode(np.zeros((3, 16, 16), np.float32)).shape == (3, 2)
     assert enc.metadata["label_names"] == ["A", "B", "C"]
+    # the held-out quarter is scored with the hashing paper's metrics, against the training images
+    scores = enc.metadata["held_out_scores"]
+    assert set(scores) == {"ndcg", "acg", "wmap", "queries", "p"} and 0 < scores["queries"] <= 6
+    assert 0 <= scores["ndcg"] <= 1 and scores["acg"] >= 0
     out = tmp_path / "siamese.pt"
     assert main(["train", "siamese", "--embedding-dim", "8"] + common(image_folder, out)) == 0
     enc = load_retrieval_model(out)
     assert enc.kind == "dense" and enc.encode(np.zeros((2, 16, 16), np.float32)).shape == (2, 8)
+    scores = enc.metadata["held_out_scores"]
+    assert set(scores) == {"map", "mrr", "queries"} and 0 < scores["map"] <= 1 and 0 < scores["mrr"] <= 1
     assert "wrote" in capsys.readouterr().out
 
 
