@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,18 @@ def data_root() -> Path:
 
 def has_shared_data(sub: str = "") -> bool:
     return (data_root() / sub).exists()
+
+
+def missing_shared_data(sub: str) -> bool:
+    """True, after saying on stderr which folder is missing, when the shared data lack ``sub``.
+
+    For scripts that need the data to do anything at all (benchmarks, evaluations): they exit 2.
+    """
+    if has_shared_data(sub):
+        return False
+    print(f"needs {data_root() / sub} (see the shared data README; $DEEPSIM_DATA moves the folder); "
+          "nothing to do", file=sys.stderr)
+    return True
 
 
 def cache_dir() -> Path:

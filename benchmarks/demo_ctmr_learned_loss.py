@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from DeepSimilarityLib.paths import has_shared_data
+from DeepSimilarityLib.paths import missing_shared_data
 
 RESULTS = Path(__file__).parent / "results"
 SLICES = [("Patient_01", "head"), ("Patient_04", "head"), ("Patient_11", "body"), ("Patient_14", "body")]
@@ -61,8 +61,7 @@ def main(argv=None):
     p.add_argument("--slices", type=int, default=len(SLICES))
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    if not has_shared_data("ct-mr-slices"):
-        print("needs ../shared/data/ct-mr-slices; nothing to do", file=sys.stderr)
+    if missing_shared_data("ct-mr-slices"):
         return 2
     torch.set_num_threads(1)
     losses, lambdas = args.losses.split(","), [float(v) for v in args.lambdas.split(",")]

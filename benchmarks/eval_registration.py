@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from DeepSimilarityLib.paths import has_shared_data
+from DeepSimilarityLib.paths import missing_shared_data
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,8 +36,7 @@ def main(argv=None):
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    if not has_shared_data("brain-mr/oasis"):
-        print("needs ../shared/data/brain-mr (see its README); nothing to evaluate", file=sys.stderr)
+    if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
     run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from DeepSimilarityLib.paths import has_shared_data
+from DeepSimilarityLib.paths import missing_shared_data
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,8 +71,7 @@ def main(argv=None):
         factors = [float(f) for f in args.lambda_factors.split(",")]
     except ValueError:
         p.error(f"--lambda-factors: not a comma-separated list of numbers: {args.lambda_factors!r}")
-    if not has_shared_data("brain-mr/oasis"):
-        print("needs ../shared/data/brain-mr (see its README); nothing to evaluate", file=sys.stderr)
+    if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
     if instance is None:

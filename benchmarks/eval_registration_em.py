@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from DeepSimilarityLib.paths import has_shared_data
+from DeepSimilarityLib.paths import missing_shared_data
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,8 +37,7 @@ def main(argv=None):
     p.add_argument("--both-directions", action="store_true", help="also register section k -> k+1 (26 pairs)")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    if not has_shared_data("microscopy/train"):
-        print("needs ../shared/data/microscopy (see its README); nothing to evaluate", file=sys.stderr)
+    if missing_shared_data("microscopy/train"):
         return 2
     torch.set_num_threads(1)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,16 @@ def test_missing_data_names_folder(tmp_path, monkeypatch):
         load_oasis("OASIS_OAS1_0001_MR1")
 
 
+def test_benchmarks_say_which_data_folder_is_missing(tmp_path, monkeypatch, capsys):
+    from DeepSimilarityLib.paths import missing_shared_data
+
+    monkeypatch.setenv("DEEPSIM_DATA", str(tmp_path))
+    assert missing_shared_data("brain-mr/oasis")
+    assert str(tmp_path / "brain-mr" / "oasis") in capsys.readouterr().err
+    (tmp_path / "brain-mr" / "oasis").mkdir(parents=True)
+    assert not missing_shared_data("brain-mr/oasis") and capsys.readouterr().err == ""
+
+
 # ---------------------------------------------------------------- CT/MR slices
 
 @needs("ct-mr-slices")
