@@ -35,6 +35,9 @@ def register_parser(sub):
     r.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
     r.add_argument("--max-outline-distance", type=float, default=3.0,
                    help="drop slice pairs whose body outlines lie farther apart after registration, in 512-px voxels (default 3)")
+    r.add_argument("--train-outline-distance", type=float,
+                   help="training slices may lie this far apart (default: --max-outline-distance); the pairs between "
+                        "the two limits train the other folds and are never tested")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--out-dir", default="benchmarks/results", help="folder for the table, JSON and Psi plot")
     r.set_defaults(func=run_rank_error)
@@ -149,25 +152,33 @@ def run_rank_error(args):
         raise InputError("--also-train-on", f"{args.mr} is already the tested sequence (--mr)")
     if args.also_train_on_region == args.region:
         raise InputError("--also-train-on-region", f"{args.region} is already the tested region (--region)")
+    train_limit = args.max_outline_distance if args.train_outline_distance is None else args.train_outline_distance
+    if train_limit < args.max_outline_distance:
+        raise InputError("--train-outline-distance", f"must be at least --max-outline-distance "
+                                                     f"({args.max_outline_distance}), got {train_limit}")
     if args.threads:
         torch.set_num_threads(args.threads)
     all_slices = load_region(CTMRSlices(), args.region, mr=args.mr)
     slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
-    extra = None
+    extra = {}
+    if train_limit > args.max_outline_distance:  # looser pairs: training only
+        extra = select_slices(all_slices, train_limit, args.downsample, above=args.max_outline_distance)
     if args.also_train_on:
-        extra = select_slices(load_region(CTMRSlices(), args.region, mr=args.also_train_on),
-                              args.max_outline_distance, args.downsample)
+        more = select_slices(load_region(CTMRSlices(), args.region, mr=args.also_train_on), train_limit,
+                             args.downsample)
+        extra = {p: extra.get(p, []) + more.get(p, []) for p in {**extra, **more}}
     if args.also_train_on_region:
-        other = select_slices(load_region(CTMRSlices(), args.also_train_on_region, mr=args.mr),
-                              args.max_outline_distance, args.downsample)
-        extra = {**(extra or {}), **other}
+        extra.update(select_slices(load_region(CTMRSlices(), args.also_train_on_region, mr=args.mr), train_limit,
+                                   args.downsample))
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
                                variants=variants, seed=args.seed, cascade=args.cascade,
                                rank_sum_nmi=args.rank_sum_nmi, extra_train=extra, **recipe_kwargs(args))
     stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
         + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
-        + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "")
+        + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "") \
+        + (f"_train{train_limit:g}px" if train_limit != args.max_outline_distance else "") \
+        + (f"_seed{args.seed}" if args.seed else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
@@ -178,7 +189,9 @@ def run_rank_error(args):
                  if args.also_train_on else "")
               + (f", training slices also the {args.also_train_on_region} patients' (never tested)"
                  if args.also_train_on_region else "")
-              + (f" ({sum(map(len, extra.values()))} extra slices)" if extra else "") + ".\n"
+              + (f", training slices also those with body outlines {args.max_outline_distance}-{train_limit:g} px "
+                 "apart (never tested)" if train_limit != args.max_outline_distance else "")
+              + (f" ({sum(map(len, extra.values()))} extra training slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
@@ -186,6 +199,8 @@ def run_rank_error(args):
                 "pairs_positive": args.pairs, **recipe_kwargs(args), "rank_sum_nmi": args.rank_sum_nmi,
                 "also_train_on": args.also_train_on, "also_train_on_region": args.also_train_on_region,
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
+                "train_outline_distance": train_limit,
+                "extra_train_slices": {p: len(v) for p, v in sorted(extra.items())},
                 "psi": {k: v.tolist() for k, v in result["psi"].items()}, "patient": result["patient"].tolist(),
                 "train_seconds": result["train_seconds"]},
                out / f"{stem}.json")

@@ -48,22 +48,26 @@ def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
     return array[cut].reshape(shape).mean(axis=tuple(range(1, 2 * array.ndim, 2))).astype(np.float32)
 
 
-def select_slices(slices_by_patient: dict, max_outline_distance: float | None = 3.0, downsample: int = 2) -> dict:
+def select_slices(slices_by_patient: dict, max_outline_distance: float | None = 3.0, downsample: int = 2,
+                  above: float | None = None) -> dict:
     """Keep the trustworthy registered pairs and bring them to the patch scale.
 
     Pairs whose body outlines lie more than ``max_outline_distance`` voxels
     apart after registration (:func:`~DeepSimilarityLib.registration_qc.outline_distance`)
     show different anatomy and would teach and test wrong matches; they are
-    dropped. ``downsample`` 2 turns the 512 x 512 slices (~0.45 mm) into
-    ~0.9 mm voxels, close to the ~1 mm of the paper's data, so a 17 x 17
-    patch sees about 15 mm.
+    dropped. ``above`` keeps only pairs farther apart than it as well: the band
+    of looser pairs that may train but is never tested. ``downsample`` 2 turns
+    the 512 x 512 slices (~0.45 mm) into ~0.9 mm voxels, close to the ~1 mm of
+    the paper's data, so a 17 x 17 patch sees about 15 mm.
     """
     from ..registration_qc import outline_distance
 
+    def keep(d: float) -> bool:
+        return (max_outline_distance is None or d <= max_outline_distance) and (above is None or d > above)
+
     out = {}
     for patient, pairs in slices_by_patient.items():
-        kept = [(ct, mr) for ct, mr in pairs
-                if max_outline_distance is None or outline_distance(ct, mr) <= max_outline_distance]
+        kept = [(ct, mr) for ct, mr in pairs if keep(outline_distance(ct, mr))]
         out[patient] = [(block_mean(ct, downsample), block_mean(mr, downsample)) for ct, mr in kept]
     return out
 

@@ -62,6 +62,8 @@ def test_bad_inputs_write_nothing(tmp_path, capsys):
         (["evaluate", "rank-error", "--also-train-on", "T1", "--out-dir", str(tmp_path)], "already the tested sequence"),
         (["evaluate", "rank-error", "--also-train-on-region", "head", "--out-dir", str(tmp_path)],
          "already the tested region"),
+        (["evaluate", "rank-error", "--train-outline-distance", "2", "--out-dir", str(tmp_path)],
+         "--train-outline-distance: must be at least --max-outline-distance"),
         (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "nmi+lcc",
           "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "h.nii.gz")], "is for the learned metric"),
         (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "learned+nmx",

@@ -246,3 +246,18 @@ def test_training_slices_of_two_mr_sequences(isolated_cache, monkeypatch):
     both, source = training_slices(patients="Patient_04", mr="T1,T2")
     assert len(both) > len(t1) and all(a is b or np.array_equal(a[1], b[1]) for a, b in zip(t1, both))
     assert f"{len(t1)} T1 + {len(both) - len(t1)} T2 slices" in source
+
+
+def test_select_slices_splits_tested_pairs_from_the_looser_training_band(monkeypatch):
+    """``select_slices(limit)`` and ``select_slices(train_limit, above=limit)`` never share a pair and miss none up to train_limit."""
+    from DeepSimilarityLib import registration_qc
+    from DeepSimilarityLib.ctmr.experiment import select_slices
+
+    # each pair carries its made-up outline distance in the CT's first voxel
+    monkeypatch.setattr(registration_qc, "outline_distance", lambda ct, mr: float(ct[0, 0]))
+    pairs = {"A": [(np.full((4, 4), d, np.float32), np.zeros((4, 4), np.float32)) for d in (1, 3, 4, 5, 9)]}
+    tested = select_slices(pairs, 3.0, downsample=1)
+    band = select_slices(pairs, 5.0, downsample=1, above=3.0)
+    assert [float(ct[0, 0]) for ct, _ in tested["A"]] == [1, 3]
+    assert [float(ct[0, 0]) for ct, _ in band["A"]] == [4, 5]
+    assert [float(ct[0, 0]) for ct, _ in select_slices(pairs, None, downsample=1, above=3.0)["A"]] == [4, 5, 9]
