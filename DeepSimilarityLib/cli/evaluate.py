@@ -196,7 +196,8 @@ def run_rank_error(args):
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
     (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
-                "pairs_positive": args.pairs, **recipe_kwargs(args), "rank_sum_nmi": args.rank_sum_nmi,
+                "seed": args.seed, "pairs_positive": args.pairs, **recipe_kwargs(args),
+                "rank_sum_nmi": args.rank_sum_nmi,
                 "also_train_on": args.also_train_on, "also_train_on_region": args.also_train_on_region,
                 "slices_kept": kept, "downsample": args.downsample, "max_outline_distance": args.max_outline_distance,
                 "train_outline_distance": train_limit,
