@@ -161,8 +161,9 @@ def run_rank_error(args):
     all_slices = load_region(CTMRSlices(), args.region, mr=args.mr)
     slices = select_slices(all_slices, args.max_outline_distance, args.downsample)
     kept = {p: f"{len(slices[p])}/{len(all_slices[p])}" for p in sorted(all_slices)}
+    looser = train_limit > args.max_outline_distance  # pairs between the two limits: training only
     extra = {}
-    if train_limit > args.max_outline_distance:  # looser pairs: training only
+    if looser:
         extra = select_slices(all_slices, train_limit, args.downsample, above=args.max_outline_distance)
     if args.also_train_on:
         more = select_slices(load_region(CTMRSlices(), args.region, mr=args.also_train_on), train_limit,
@@ -177,7 +178,7 @@ def run_rank_error(args):
     stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
         + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
         + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "") \
-        + (f"_train{train_limit:g}px" if train_limit != args.max_outline_distance else "") \
+        + (f"_train{train_limit:g}px" if looser else "") \
         + (f"_seed{args.seed}" if args.seed else "")
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
@@ -190,7 +191,7 @@ def run_rank_error(args):
               + (f", training slices also the {args.also_train_on_region} patients' (never tested)"
                  if args.also_train_on_region else "")
               + (f", training slices also those with body outlines {args.max_outline_distance}-{train_limit:g} px "
-                 "apart (never tested)" if train_limit != args.max_outline_distance else "")
+                 "apart (never tested)" if looser else "")
               + (f" ({sum(map(len, extra.values()))} extra training slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")

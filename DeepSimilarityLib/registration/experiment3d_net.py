@@ -56,9 +56,6 @@ def fold_pairs(fold: int) -> tuple[tuple, tuple]:
     a, b = (s for s in range(SUBJECTS) if s != fold)
     return ((fold, a), (a, fold), (fold, b), (b, fold)), ((a, b), (b, a))
 
-
-# Fold 0, the protocol of the committed single-fold runs: hub vxm, test OASIS 0001 <-> 0002.
-TRAIN_PAIRS, TEST_PAIRS = fold_pairs(0)
 # Tensor axis of left-right in (B, C, 56, 48, 40): flipping it keeps an OASIS brain correlated 0.95 with
 # itself, the other two axes 0.71-0.72.
 LR_AXIS = 4
