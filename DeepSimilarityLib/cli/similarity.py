@@ -74,25 +74,30 @@ def add_recipe_options(p):
     p.add_argument("--mr-augment", type=float, default=0.0,
                    help="fraction of training MR patches remapped by a random increasing grey-value curve "
                         "(default 0; teaches invariance to how bright one tissue is next to another)")
+    p.add_argument("--mirror-augment", action="store_true",
+                   help="mirror each training pair (CT and MR patch alike) at random: flips of every axis and "
+                        "an in-plane transpose, so every edge is seen in every orientation")
 
 
 def recipe_kwargs(args) -> dict:
     return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter, "patch_norm": args.patch_norm,
-            "mr_intensity_augment": args.mr_augment}
+            "mr_intensity_augment": args.mr_augment, "mirror": args.mirror_augment}
 
 
 def recipe_suffix(args) -> str:
     """File-name suffix naming a non-default recipe (empty for the paper's)."""
     parts = ([f"neg{args.negatives}"] if args.negatives != 1 else []) + ([f"jit{args.jitter}"] if args.jitter else []) \
         + (["patchnorm"] if args.patch_norm == "patch" else []) \
-        + ([f"mraug{round(100 * args.mr_augment)}"] if args.mr_augment else [])
+        + ([f"mraug{round(100 * args.mr_augment)}"] if args.mr_augment else []) \
+        + (["mirror"] if args.mirror_augment else [])
     return "".join("_" + p for p in parts)
 
 
 def describe_recipe(args) -> str:
     return (f"{args.negatives} negative(s) per positive, positive jitter {args.jitter}, "
             f"{args.patch_norm}-normalised patches" +
-            (f", {args.mr_augment:.0%} of MR patches through a random increasing grey-value curve" if args.mr_augment else ""))
+            (f", {args.mr_augment:.0%} of MR patches through a random increasing grey-value curve" if args.mr_augment else "")
+            + (", pairs mirrored at random" if args.mirror_augment else ""))
 
 
 def run_heatmap(args):
@@ -171,7 +176,7 @@ def run_train(args):
     else:
         pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size,
                                   negatives_per_positive=args.negatives, positive_jitter=args.jitter,
-                                  mr_intensity_augment=args.mr_augment)
+                                  mr_intensity_augment=args.mr_augment, mirror=args.mirror_augment)
     bar = progress_bar(total=100, desc="training", unit="%")
 
     def progress(stage, fraction):

@@ -115,10 +115,36 @@ def random_monotone_curves(values: np.ndarray, fraction: float, rng: np.random.G
     return out
 
 
+def random_mirror_pairs(ct: np.ndarray, mr: np.ndarray, size: tuple, rng: np.random.Generator):
+    """The same random mirror applied to the CT and the MR patch of each row ``(N, voxels)``.
+
+    Each row draws a flip of every axis and a swap of the last two (in-plane)
+    axes: the 8 symmetries of a square in 2D, 16 in 3D (slice axes are never
+    swapped with the in-plane ones, whose spacing may differ). Why: a skull edge
+    seen mirrored is still a skull edge with the same CT/MR relation, so the
+    pairs keep their labels while the network sees each edge in every
+    orientation instead of the few the training patients' heads happen to show.
+    Returns new ``(ct, mr)`` arrays; the inputs are untouched.
+    """
+    n, dim = len(ct), len(size)
+    flips = rng.random((n, dim)) < 0.5
+    swaps = rng.random(n) < 0.5
+    codes = (flips @ (1 << np.arange(dim))) * 2 + swaps  # bit 0: swap; bit 1 + a: flip axis a
+    ct_out = np.array(ct, dtype=np.float32, copy=True).reshape((n,) + tuple(size))
+    mr_out = np.array(mr, dtype=np.float32, copy=True).reshape((n,) + tuple(size))
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        axes = tuple(1 + a for a in range(dim) if (code >> 1) >> a & 1)
+        for out in (ct_out, mr_out):
+            block = np.flip(out[rows], axis=axes) if axes else out[rows]
+            out[rows] = np.swapaxes(block, -1, -2) if code & 1 else block
+    return ct_out.reshape(n, -1), mr_out.reshape(n, -1)
+
+
 def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.Generator, patch_size: int = 17,
                region: np.ndarray | None = None, radius: int = 40, min_distance: int = 2,
                negative_region: np.ndarray | None = None, negatives_per_positive: int = 1,
-               positive_jitter: int = 0, mr_intensity_augment: float = 0.0) -> PatchPairs:
+               positive_jitter: int = 0, mr_intensity_augment: float = 0.0, mirror: bool = False) -> PatchPairs:
     """Balanced positives and negatives from one registered CT/MR pair of [0, 1] arrays.
 
     Args:
@@ -132,6 +158,7 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
             the CT position; 1 matches the 3 x 3 tolerance of the rank-error evaluation.
         mr_intensity_augment: fraction of the MR patches (positives and negatives alike)
             remapped by a random increasing grey-value curve, see :func:`random_monotone_curves`.
+        mirror: each pair mirrored at random, see :func:`random_mirror_pairs`.
     """
     if not 0 <= mr_intensity_augment <= 1:
         raise InputError("mr_intensity_augment", f"must lie in [0, 1], got {mr_intensity_augment}")
@@ -157,7 +184,10 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
     mr_p = np.concatenate([mr_pos, mr_neg])
     if mr_intensity_augment > 0:  # no draws otherwise: earlier recipes keep their pairs
         mr_p = random_monotone_curves(mr_p, mr_intensity_augment, rng)
-    return PatchPairs(np.concatenate([ct_p, np.repeat(ct_p, negatives_per_positive, axis=0)]), mr_p, labels)
+    ct_p = np.concatenate([ct_p, np.repeat(ct_p, negatives_per_positive, axis=0)])
+    if mirror:  # no draws otherwise, as above
+        ct_p, mr_p = random_mirror_pairs(ct_p, mr_p, size, rng)
+    return PatchPairs(ct_p, mr_p, labels)
 
 
 def pairs_from_slices(slices, n_positive: int = 2000, seed: int = 0, patch_size: int = 17, **kwargs) -> PatchPairs:

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from DeepSimilarityLib.ctmr.patch_pairs import (make_pairs, negative_centres, pairs_from_slices, random_monotone_curves,
+from DeepSimilarityLib.ctmr.patch_pairs import (make_pairs, negative_centres, pairs_from_slices, random_mirror_pairs,
+                                              random_monotone_curves,
                                               skull_edge_mask)
 from DeepSimilarityLib.ctmr.rank_error import cumulative_curve, rank_error, rank_errors, summarise
 from DeepSimilarityLib.errors import InputError
@@ -160,6 +161,35 @@ def test_mr_intensity_augment_remaps_mr_patches_only_and_leaves_other_pairs_alon
     assert np.all(np.diff(np.take_along_axis(augmented.mr, order, axis=1), axis=1) >= -1e-6)
     with pytest.raises(InputError):
         make_pairs(ct, mr, 5, np.random.default_rng(0), mr_intensity_augment=1.5)
+
+
+def test_random_mirror_pairs_mirror_ct_and_mr_alike_through_every_symmetry():
+    square = np.arange(9, dtype=np.float32).reshape(3, 3)
+    rows = np.tile(square.ravel(), (200, 1))
+    ct, mr = random_mirror_pairs(rows, rows + 100, (3, 3), np.random.default_rng(0))
+    np.testing.assert_array_equal(mr - ct, 100)  # both patches of a row got the same mirror
+    symmetries = {tuple(np.rot90(m, k).ravel()) for m in (square, square.T) for k in range(4)}
+    seen = {tuple(r) for r in ct}
+    assert seen == symmetries  # all 8 symmetries of the square, nothing else
+    np.testing.assert_array_equal(rows[0], square.ravel())  # input untouched
+    # 3D: flips of each axis and the in-plane swap only; the slice axis (0) stays the slice axis.
+    cube = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    out, _ = random_mirror_pairs(np.tile(cube.ravel(), (400, 1)), np.zeros((400, 27)), (3, 3, 3),
+                                 np.random.default_rng(1))
+    assert len({tuple(r) for r in out}) == 16
+    for r in out:
+        assert sorted(r.reshape(3, 3, 3)[1].ravel()) == sorted(cube[1].ravel())
+
+
+def test_mirror_augment_keeps_labels_and_draws_nothing_when_off(phantom_pair):
+    ct, mr, _ = phantom_pair
+    plain = make_pairs(ct, mr, 30, np.random.default_rng(5), negatives_per_positive=2)
+    again = make_pairs(ct, mr, 30, np.random.default_rng(5), negatives_per_positive=2, mirror=False)
+    np.testing.assert_array_equal(plain.mr, again.mr)
+    mirrored = make_pairs(ct, mr, 30, np.random.default_rng(5), negatives_per_positive=2, mirror=True)
+    np.testing.assert_array_equal(plain.labels, mirrored.labels)
+    assert np.any(plain.ct != mirrored.ct)
+    np.testing.assert_allclose(np.sort(plain.ct, axis=1), np.sort(mirrored.ct, axis=1))  # same voxels, moved
 
 
 def test_percentile_ranks_by_hand():
