@@ -190,7 +190,7 @@ def run_rank_error(args):
                  if args.also_train_on else "")
               + (f", training slices also the {args.also_train_on_region} patients' (never tested)"
                  if args.also_train_on_region else "")
-              + (f", training slices also those with body outlines {args.max_outline_distance}-{train_limit:g} px "
+              + (f", training slices also those with body outlines {args.max_outline_distance:g}-{train_limit:g} px "
                  "apart (never tested)" if looser else "")
               + (f" ({sum(map(len, extra.values()))} extra training slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
