@@ -129,6 +129,22 @@ def run_registration(args):
         run_and_report(losses, args.quick, args.epochs, args.out_dir, args.save_weights)
 
 
+# Positive pair counts the result names leave out: the paper's 2000 (the default) and the improved
+# recipe's 10000, which the older results were run with; any other count is named in the file.
+UNTAGGED_PAIRS = (2000, 10000)
+
+
+def rank_error_stem(args, train_limit: float) -> str:
+    """File name (no suffix) of a rank-error result: every option that changes the numbers is in it."""
+    return f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) \
+        + ("_cascade" if args.cascade else "") + ("_ranksumnmi" if args.rank_sum_nmi else "") \
+        + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
+        + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "") \
+        + (f"_train{train_limit:g}px" if train_limit > args.max_outline_distance else "") \
+        + (f"_pairs{args.pairs}" if args.pairs not in UNTAGGED_PAIRS else "") \
+        + (f"_seed{args.seed}" if args.seed else "")
+
+
 def run_rank_error(args):
     import torch
 
@@ -175,11 +191,7 @@ def run_rank_error(args):
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
                                variants=variants, seed=args.seed, cascade=args.cascade,
                                rank_sum_nmi=args.rank_sum_nmi, extra_train=extra, **recipe_kwargs(args))
-    stem = f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) + ("_cascade" if args.cascade else "") \
-        + ("_ranksumnmi" if args.rank_sum_nmi else "") + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
-        + (f"_plus{args.also_train_on_region}" if args.also_train_on_region else "") \
-        + (f"_train{train_limit:g}px" if looser else "") \
-        + (f"_seed{args.seed}" if args.seed else "")
+    stem = rank_error_stem(args, train_limit)
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])

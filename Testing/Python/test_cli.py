@@ -129,3 +129,23 @@ def test_train_then_learned_heatmap_2d_and_3d(tmp_path, capsys):
     assert main(["similarity", "heatmap", "--ct", str(ct3), "--mr", str(mr3), "--index", "32,32,20", "--metric",
                  "learned", "--weights", str(weights3), "--neighbourhood", "11", "--depth", "3", "--out", str(heat)]) == 0
     assert read_image(heat).array.shape == (3, 11, 11)
+
+
+def test_rank_error_result_names_carry_every_option_that_changes_the_numbers():
+    from DeepSimilarityLib.cli import build_parser
+    from DeepSimilarityLib.cli.evaluate import rank_error_stem
+
+    def stem(*options):
+        args = build_parser().parse_args(["evaluate", "rank-error", *options])
+        limit = args.max_outline_distance if args.train_outline_distance is None else args.train_outline_distance
+        return rank_error_stem(args, limit)
+
+    assert stem() == "rank_error_head_T1_modern"  # the default preset
+    recipe = ["--setting", "modern", "--negatives", "4", "--jitter", "1", "--patch-norm", "patch"]
+    # The names the committed results were written under (10000 pairs is not named).
+    assert stem(*recipe, "--pairs", "10000", "--train-outline-distance", "8", "--also-train-on", "T2",
+                "--seed", "3") == "rank_error_head_T1_modern_neg4_jit1_patchnorm_plusT2_train8px_seed3"
+    assert stem(*recipe, "--pairs", "20000", "--train-outline-distance", "8", "--also-train-on", "T2") \
+        == "rank_error_head_T1_modern_neg4_jit1_patchnorm_plusT2_train8px_pairs20000"
+    assert stem(*recipe, "--mirror-augment", "--train-outline-distance", "3") \
+        == "rank_error_head_T1_modern_neg4_jit1_patchnorm_mirror"
