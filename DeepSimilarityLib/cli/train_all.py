@@ -34,8 +34,9 @@ class Recipe:
 ENCODER_USAGE = "DeepSimilarityLib.retrieval.models_io.load_retrieval_model(path) -> Encoder (model_id = sha256)"
 RECIPES = (
     Recipe("ctmr-similarity", "ctmr_similarity.pt", "ct-mr-slices",
-           ("similarity", "train", "--region", "head", "--setting", "modern", "--pairs", "10000", "--negatives", "4",
-            "--jitter", "1", "--patch-norm", "patch"), quick=("--pairs", "40")),
+           ("similarity", "train", "--region", "head", "--mr", "T1,T2", "--max-outline-distance", "8", "--setting",
+            "modern", "--pairs", "20000", "--negatives", "4", "--jitter", "1", "--patch-norm", "patch"),
+           quick=("--pairs", "40")),
     Recipe("deepsim-features", "deepsim_features_seg_2d.pt", "brain-mr",
            ("train", "features", "--mode", "seg", "--epochs", "20"), quick=("--epochs", "1"), threads_option=False),
     # the feature net above is the registration loss's: trained first, read from the output folder
@@ -50,7 +51,7 @@ RECIPES = (
            extra={"encoder": ENCODER_USAGE}),
 )
 KINDS = tuple(r.kind for r in RECIPES)
-CTMR_BENCHMARK = "benchmarks/results/rank_error_head_T1_modern_neg4_jit1_patchnorm"
+CTMR_BENCHMARK = "benchmarks/results/rank_error_head_T1_modern_neg4_jit1_patchnorm_plusT2_train8px_pairs20000"
 
 
 def add_parser(kinds) -> None:
