@@ -134,8 +134,14 @@ def run_registration(args):
 UNTAGGED_PAIRS = (2000, 10000)
 
 
-def rank_error_stem(args, train_limit: float) -> str:
+def training_outline_limit(args) -> float:
+    """Outline distance up to which slices train: ``--train-outline-distance``, else ``--max-outline-distance``."""
+    return args.max_outline_distance if args.train_outline_distance is None else args.train_outline_distance
+
+
+def rank_error_stem(args) -> str:
     """File name (no suffix) of a rank-error result: every option that changes the numbers is in it."""
+    train_limit = training_outline_limit(args)
     return f"rank_error_{args.region}_{args.mr}_{args.setting}" + recipe_suffix(args) \
         + ("_cascade" if args.cascade else "") + ("_ranksumnmi" if args.rank_sum_nmi else "") \
         + (f"_plus{args.also_train_on}" if args.also_train_on else "") \
@@ -168,7 +174,7 @@ def run_rank_error(args):
         raise InputError("--also-train-on", f"{args.mr} is already the tested sequence (--mr)")
     if args.also_train_on_region == args.region:
         raise InputError("--also-train-on-region", f"{args.region} is already the tested region (--region)")
-    train_limit = args.max_outline_distance if args.train_outline_distance is None else args.train_outline_distance
+    train_limit = training_outline_limit(args)
     if train_limit < args.max_outline_distance:
         raise InputError("--train-outline-distance", f"must be at least --max-outline-distance "
                                                      f"({args.max_outline_distance}), got {train_limit}")
@@ -191,7 +197,7 @@ def run_rank_error(args):
     result = leave_patient_out(slices, n_test=args.n_test, n_pairs=args.pairs, setting=args.setting,
                                variants=variants, seed=args.seed, cascade=args.cascade,
                                rank_sum_nmi=args.rank_sum_nmi, extra_train=extra, **recipe_kwargs(args))
-    stem = rank_error_stem(args, train_limit)
+    stem = rank_error_stem(args)
     train_s = {k: round(float(np.mean(v)), 1) for k, v in result["train_seconds"].items()}
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])

@@ -79,9 +79,15 @@ def add_recipe_options(p):
                         "an in-plane transpose, so every edge is seen in every orientation")
 
 
-def recipe_kwargs(args) -> dict:
-    return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter, "patch_norm": args.patch_norm,
+def pair_kwargs(args) -> dict:
+    """The recipe options that shape the training pairs (:func:`~DeepSimilarityLib.ctmr.patch_pairs.make_pairs`)."""
+    return {"negatives_per_positive": args.negatives, "positive_jitter": args.jitter,
             "mr_intensity_augment": args.mr_augment, "mirror": args.mirror_augment}
+
+
+def recipe_kwargs(args) -> dict:
+    """Every recipe option: the pair options and the input normalisation of the network."""
+    return {**pair_kwargs(args), "patch_norm": args.patch_norm}
 
 
 def recipe_suffix(args) -> str:
@@ -175,8 +181,7 @@ def run_train(args):
         pairs = hard_negative_pairs(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size)
     else:
         pairs = pairs_from_slices(slices, n_positive=args.pairs, seed=args.seed, patch_size=args.patch_size,
-                                  negatives_per_positive=args.negatives, positive_jitter=args.jitter,
-                                  mr_intensity_augment=args.mr_augment, mirror=args.mirror_augment)
+                                  **pair_kwargs(args))
     bar = progress_bar(total=100, desc="training", unit="%")
 
     def progress(stage, fraction):

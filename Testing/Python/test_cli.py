@@ -136,9 +136,7 @@ def test_rank_error_result_names_carry_every_option_that_changes_the_numbers():
     from DeepSimilarityLib.cli.evaluate import rank_error_stem
 
     def stem(*options):
-        args = build_parser().parse_args(["evaluate", "rank-error", *options])
-        limit = args.max_outline_distance if args.train_outline_distance is None else args.train_outline_distance
-        return rank_error_stem(args, limit)
+        return rank_error_stem(build_parser().parse_args(["evaluate", "rank-error", *options]))
 
     assert stem() == "rank_error_head_T1_modern"  # the default preset
     recipe = ["--setting", "modern", "--negatives", "4", "--jitter", "1", "--patch-norm", "patch"]
