@@ -8,7 +8,7 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
+        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--no-augment] [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
       -> one report from runs of disjoint --losses (e.g. one process per core)
@@ -45,6 +45,11 @@ def main(argv=None):
     p.add_argument("--feature-augment", action="store_true",
                    help="train the DeepSim feature nets on a new random pose of the hub subject (image + labels) "
                         "every step")
+    p.add_argument("--feature-intensity", action="store_true",
+                   help="train the DeepSim feature nets on a new random contrast of the hub subject every step "
+                        "(bias field, gamma, noise)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
@@ -79,7 +84,8 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, args.feature_augment, args.fold)
+                          factors, args.lambda_rule, args.feature_augment, args.fold, not args.no_augment,
+                          args.feature_intensity)
     return 0
 
 

@@ -132,6 +132,28 @@ def augment_labelled(images: torch.Tensor, labels: torch.Tensor | None, generato
     return out, _resample(labels.float(), grid, flip, flip_axis, "nearest").round().long()
 
 
+def intensity_transform(seed: int):
+    """A seeded MONAI transform giving one ``(1, ...)`` image a new random contrast: a smooth bias field
+    (degree 3, coefficients < 0.02: a multiplicative field of about 0.9-1.2), a gamma in 0.7-1.5 and
+    Gaussian noise (sd 0.01). What it is for: the feature net learns from one subject, and the other
+    subjects differ mainly in contrast (the darkest structure's mean intensity is 0.08-0.20 across the three).
+    """
+    from monai.transforms import Compose, RandAdjustContrast, RandBiasField, RandGaussianNoise
+
+    transform = Compose([RandBiasField(degree=3, coeff_range=(0.0, 0.02), prob=1.0),
+                         RandAdjustContrast(prob=1.0, gamma=(0.7, 1.5)), RandGaussianNoise(prob=1.0, std=0.01)])
+    transform.set_random_state(seed)
+    return transform
+
+
+def augment_intensity(images: torch.Tensor, labels, transform):
+    """``transform`` (e.g. :func:`intensity_transform`) applied to every image of ``(B, 1, ...)``; labels pass."""
+    if images.ndim not in (4, 5) or images.shape[1] != 1:
+        raise InputError("images", f"expected (B, 1, H, W[, D]), got {tuple(images.shape)}")
+    # as_subclass: MONAI returns MetaTensors; the nets need plain tensors only.
+    return torch.stack([torch.as_tensor(transform(x)).as_subclass(torch.Tensor).float() for x in images]), labels
+
+
 def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4, amplitude: float = 1.5,
                          control=(7, 6, 5), seed: int = 0) -> list:
     """``count`` validation targets ``(fixed image (1, 1, d, h, w), fixed labels (D, H, W))`` from ONE subject.
@@ -223,7 +245,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
-                          log=print) -> dict:
+                          feature_intensity: bool = False, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -235,7 +257,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
     ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
-    new random pose of the hub (image and labels, :func:`augment_labelled`) at every step.
+    new random pose of the hub (image and labels, :func:`augment_labelled`) at every step;
+    ``feature_intensity``: a new random contrast of it (:func:`intensity_transform`), after the pose.
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -256,15 +279,22 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "seed": seed, "feature_training": f"the {vols.names[fold]} subject only", "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": feature_augment}, "losses": {}}
+    if feature_intensity:  # only when on, so that earlier runs still merge with runs without it
+        out["setup"]["feature_intensity"] = True
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
     log(f"affine only (no deformation), test pairs: mean Dice {np.mean(out['affine_only']['dice']):.3f}")
     modes = sorted({n.split("-")[1] for n in list(losses) + list(ablation) if n.startswith("deepsim")})
-    pose = torch.Generator().manual_seed(seed + 2)
+    pose, contrast = torch.Generator().manual_seed(seed + 2), intensity_transform(seed + 3)
+
+    def feature_augmentation(x, y):
+        x, y = augment_labelled(x, y, pose) if feature_augment else (x, y)
+        return augment_intensity(x, y, contrast) if feature_intensity else (x, y)
+
     nets, out["setup"]["feature_nets"] = feature_nets(
         vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=(fold,),
-        augment=(lambda x, y: augment_labelled(x, y, pose)) if feature_augment else None)
+        augment=feature_augmentation if feature_augment or feature_intensity else None)
 
     validation = (synthetic_validation(images[fold:fold + 1], vols.labels[fold], seed=seed)
                   if len(lambda_factors) > 1 else [])
@@ -297,7 +327,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
-                          feature_augment: bool = False, fold: int = 0, log=print) -> dict:
+                          feature_augment: bool = False, fold: int = 0, augment: bool = True,
+                          feature_intensity: bool = False, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -310,7 +341,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                                                                          feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
                                    lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
-                                   **kw)
+                                   augment=augment, feature_intensity=feature_intensity, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"

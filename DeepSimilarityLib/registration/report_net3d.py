@@ -99,7 +99,10 @@ def merge_3d_net_folds(results: list) -> dict:
     return out
 
 
+AUGMENTED = "on (one random left-right flip + small affine for both images of a sample)"
 POSED = " in a new random pose (flip + small affine, labels nearest) at every step"
+CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
+              "MONAI transforms)")
 
 
 def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None, log=print) -> str:
@@ -130,9 +133,9 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on {tested}\n\n"
               f"{split}, on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
-              f"{s['lr']}, augmentation {'on' if s['augment'] else 'off'} (one random left-right flip + small affine "
-              f"for both images of a sample); {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, "
-              f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}. "
+              f"{s['lr']}, augmentation {AUGMENTED if s['augment'] else 'off'}; {lam}. DeepSim feature nets: 3D, {s['feature_steps']} steps, "
+              f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}"
+              f"{CONTRASTED if s.get('feature_intensity') else ''}. "
               f"Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "

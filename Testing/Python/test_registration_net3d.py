@@ -58,6 +58,25 @@ def test_labelled_augmentation_moves_labels_with_the_image():
         net3d.augment_labelled(image, labels[:, :, :8], torch.Generator())
 
 
+def test_intensity_augmentation_changes_contrast_not_anatomy():
+    labels = torch.zeros(2, 1, 20, 16, 12, dtype=torch.long)
+    labels[:, :, 4:12, 3:9, 2:7] = 1
+    labels[:, :, 12:17, 8:14, 5:11] = 2
+    image = 0.2 + labels.float() / 4
+    x, y = net3d.augment_intensity(image, labels, net3d.intensity_transform(0))
+    assert x.shape == image.shape and x.dtype == torch.float32 and type(x) is torch.Tensor
+    assert y is labels  # labels pass untouched: only the contrast changes
+    assert not torch.allclose(x, image, atol=0.02)
+    # The structures keep their order of brightness and stay apart (no new anatomy), per image.
+    for b in range(2):
+        means = [float(x[b][labels[b] == k].mean()) for k in range(3)]
+        assert means[0] < means[1] < means[2]
+    again, _ = net3d.augment_intensity(image, labels, net3d.intensity_transform(0))
+    assert torch.equal(again, x)  # seeded
+    with pytest.raises(InputError, match="images"):
+        net3d.augment_intensity(image[:, 0], labels, net3d.intensity_transform(0))
+
+
 def test_feature_net_training_passes_every_batch_through_augment():
     from DeepSimilarityLib.registration.feature_net import train_feature_net
 
@@ -291,3 +310,23 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
     f2["losses"]["mse"]["lambda"] = 0.01
     with pytest.raises(InputError, match="lambda differs"):
         rep.merge_3d_net_folds([f0, f1, f2])
+
+
+def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_registration_3d_net.py"
+    spec = importlib.util.spec_from_file_location("eval_registration_3d_net", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
+    monkeypatch.setattr(net3d, "run_and_report_3d_net", lambda *a, **k: calls.append((a, k)))
+    base = ["--out-dir", str(tmp_path), "--instance", str(tmp_path / "none.json")]
+    assert script.main(base) == 0
+    assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment"]) == 0
+    (default, _), (switched, _) = calls
+    # positional order of run_and_report_3d_net: ..., feature_augment, fold, augment, feature_intensity
+    assert default[-4:] == (False, 0, True, False)
+    assert switched[-4:] == (True, 0, False, True)
