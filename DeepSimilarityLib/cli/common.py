@@ -55,7 +55,9 @@ def resumable_training(args):
     from ..training_checkpoint import training_checkpoint
 
     # options that do not change the result may differ between the interrupted and the resumed run
-    fingerprint = {k: v for k, v in sorted(vars(args).items())
-                   if k not in ("func", "resume", "threads") and isinstance(v, (str, int, float, bool, type(None)))}
+    # (lists such as --images count too: resuming on other images would mix two trainings)
+    fingerprint = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in sorted(vars(args).items())
+                   if k not in ("func", "resume", "threads")
+                   and isinstance(v, (str, int, float, bool, type(None), list, tuple))}
     with training_checkpoint(args.out, fingerprint, args.resume) as checkpoint:
         yield checkpoint

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import InputError
 from .common import add_resume_option, output_path, resumable_training
 
 
 def add_parsers(kinds):
     """Adds the ``registration`` and ``features`` kinds to the ``deepsim train`` subparsers."""
-    r = kinds.add_parser("registration", help="DeepSim or baseline-loss 2D registration network on brain MR slices",
+    r = kinds.add_parser("registration", help="DeepSim or baseline-loss registration network on brain MR slices or your images",
                          description="Trains the registration U-Net on coronal slice pairs vxm <-> OASIS of "
-                                     "../shared/data/brain-mr (2x downsampled to 96x80), loss + lambda * diffusion.")
+                                     "../shared/data/brain-mr (2x downsampled to 96x80), or on all pairs of "
+                                     "--images, loss + lambda * diffusion.")
     r.add_argument("--loss", required=True, choices=LOSS_NAMES, help="similarity loss")
     r.add_argument("--lambda", dest="lam", type=float, default=None,
                    help="diffusion regulariser weight (default: the loss's value chosen in benchmarks/results)")
-    r.add_argument("--epochs", type=int, default=10, help="passes over the 512 training pairs (default 10)")
+    r.add_argument("--epochs", type=int, default=10,
+                   help="passes over the training pairs (default 10; 512 brain slice pairs, or N*(N-1) for --images)")
     r.add_argument("--features", help="trained feature net (.pt) for deepsim-seg / deepsim-ae "
                                       "(see 'deepsim train features'; shipped: weights/deepsim_features_seg_2d.pt)")
+    r.add_argument("--images", nargs="+", metavar="IMAGE",
+                   help="train on your own images instead (2 or more, 2D or 3D, one modality): all directed pairs, "
+                        "each image pre-aligned to the first, on a grid --downsample times coarser than the first's, "
+                        "with a small random affine for both images of a pair; label-free losses only")
+    r.add_argument("--downsample", type=int, default=None,
+                   help="with --images: network grid = first image's size / this, rounded up to a multiple of 8 "
+                        "(default 2 in 2D, 4 in 3D)")
+    r.add_argument("--pre-align", choices=["affine", "rigid", "none"], default="affine",
+                   help="with --images: how the other images are first aligned to the first (default affine)")
     r.add_argument("--velocity", action="store_true", help="integrate a stationary velocity field (scaling and squaring)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="weights file to write (.pt)")
@@ -59,6 +72,7 @@ def run_train_registration(args):
     import torch
 
     from ..registration.data import load_brain_volumes, slice_pairs, stack_pairs
+    from ..registration.experiment3d_net import augment_pairs
     from ..registration.feature_net import load_feature_net
     from ..registration.losses import make_loss
     from ..registration.network import save_registration_net
@@ -77,28 +91,62 @@ def run_train_registration(args):
         features = load_feature_net(args.features)
     elif args.features:
         raise InputError("--features", f"only the deepsim losses use a feature net, not {args.loss}")
-    loss = make_loss(args.loss, 2, features)
-    vols = load_brain_volumes()
-    images, labels, _, index = stack_pairs(vols, slice_pairs(vols, "train", (-1, 0, 1)))
-    bar, on_epoch = _progress_bar(f"training {args.loss}")
-    with resumable_training(args) as checkpoint:
-        net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, lr=3e-3, labels=labels,
-                                       loss_name=args.loss, seed=args.seed, velocity=args.velocity, on_epoch=on_epoch)
-    hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
-    bar.close()
     from ..registration.experiment import TRAINING_INTENSITY
 
+    augment, batch = None, 8
+    if args.images:
+        images, index, labels, factor, data, dims = _user_images(args)
+        if dims == 3:
+            batch = 1  # a 3D pair fills the memory a batch of slices would
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        # No flip: the left-right axis of the user's images is unknown.
+        augment = (lambda m, f: augment_pairs(m, f, generator, flip_axis=None))  # noqa: E731
+    else:
+        if args.downsample is not None or args.pre_align != "affine":
+            raise InputError("--downsample" if args.downsample is not None else "--pre-align", "needs --images")
+        vols = load_brain_volumes()
+        images, labels, _, index = stack_pairs(vols, slice_pairs(vols, "train", (-1, 0, 1)))
+        factor, data, dims = 2, f"{len(index)} coronal slice pairs vxm <-> OASIS", 2
+    if features is not None and features.dims != dims:
+        raise InputError("--features", f"is a {features.dims}D feature net but the images are {dims}D")
+    loss = make_loss(args.loss, dims, features)
+    bar, on_epoch = _progress_bar(f"training {args.loss}")
+    with resumable_training(args) as checkpoint:
+        net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, batch_size=batch, lr=3e-3,
+                                       labels=labels, loss_name=args.loss, seed=args.seed, velocity=args.velocity,
+                                       augment=augment, on_epoch=on_epoch)
+    hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
+    bar.close()
     meta = {"loss": args.loss, "lambda": lam, "regulariser": "diffusion", "optimizer": "adam", "lr": 3e-3,
-            "batch_size": 8, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
-            "grid": list(images.shape[2:]), "downsample": 2, "epochs": args.epochs,
+            "batch_size": batch, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+            "grid": list(images.shape[2:]), "downsample": factor, "epochs": args.epochs,
             "intensity": TRAINING_INTENSITY,
             "features": str(args.features) if args.features else None, "seed": args.seed,
-            "data": f"{len(index)} coronal slice pairs vxm <-> OASIS", "date": datetime.date.today().isoformat()}
+            "data": data, "date": datetime.date.today().isoformat()}
     save_registration_net(net, out, meta)
     checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
     return 0 if torch.isfinite(torch.tensor(hist["loss"][-1])) else 1
+
+
+def _user_images(args):
+    """``deepsim train registration --images``: (images, pairs, labels None, downsample, data note, dims)."""
+    from ..image_io import read_image
+    from ..registration.network import RegistrationNet
+    from ..registration.user_pairs import user_training_set
+
+    if args.loss == "ncc-sup":
+        raise InputError("--loss", "ncc-sup needs label maps; --images trains label-free losses only")
+    volumes = [read_image(path) for path in args.images]
+    dims = volumes[0].ndim
+    factor = args.downsample if args.downsample is not None else (2 if dims == 2 else 4)
+    multiple = RegistrationNet(dims).multiple
+    images, pairs, shape = user_training_set(volumes, list(args.images), factor,
+                                             None if args.pre_align == "none" else args.pre_align, multiple, log=print)
+    names = ", ".join(Path(p).name for p in args.images)
+    data = f"{len(pairs)} directed pairs of {len(volumes)} user images ({names}), pre-align {args.pre_align}"
+    return images, pairs, None, factor, data, dims
 
 
 def run_train_features(args):

@@ -73,6 +73,20 @@ def _unit(a: np.ndarray, name: str, intensity: dict | None = None) -> np.ndarray
     return np.clip(x * (intensity["value"] / ref), 0.0, 1.0).astype(np.float32)
 
 
+def to_network_grid(image: Volume, grid: Volume, intensity: dict | None = None,
+                    transform: sitk.Transform | None = None, name: str = "moving") -> np.ndarray:
+    """``image`` resampled onto ``grid`` (:func:`network_grid`; through ``transform``, which maps grid
+    points to image points) and scaled as :func:`_unit` says: the array a registration net reads.
+
+    The one way images reach a net's grid, for registering (:func:`register_deformable`) and for
+    training on the user's images (:mod:`.user_pairs`), so that the two cannot drift apart.
+    """
+    a = resample_to(image, grid, transform).array.astype(np.float32)
+    if float(np.ptp(a)) == 0.0:
+        raise InputError(name, "is empty on the fixed field of view" + (" after pre-alignment" if transform else ""))
+    return _unit(a, name, intensity)
+
+
 def _affine_matrix(transform: sitk.Transform, dims: int) -> np.ndarray:
     """Linear part ``M`` of an affine-type transform: ``A(p + u) = A(p) + M u``."""
     zero = np.array(transform.TransformPoint((0.0,) * dims))
@@ -121,11 +135,8 @@ def register_deformable(fixed: Volume, moving: Volume, net, affine: str | None =
         shape = [int(np.ceil(s / m) * m) for s in fixed.array.shape]
     grid = network_grid(fixed, shape)
     intensity = getattr(net, "metadata", {}).get("intensity")
-    f_net = _unit(resample_to(fixed, grid).array.astype(np.float32), "fixed", intensity)
-    m_net = resample_to(moving, grid, pre).array.astype(np.float32)
-    if float(np.ptp(m_net)) == 0.0:
-        raise InputError("moving", "after affine alignment the moving image is empty on the fixed field of view")
-    m_net = _unit(m_net, "moving", intensity)
+    f_net = to_network_grid(fixed, grid, intensity, name="fixed")
+    m_net = to_network_grid(moving, grid, intensity, pre, "moving")
     t1 = time.perf_counter()
     with torch.no_grad():
         ddf = net.displacement(torch.from_numpy(m_net)[None, None], torch.from_numpy(f_net)[None, None])
