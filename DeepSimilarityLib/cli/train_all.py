@@ -77,6 +77,12 @@ def chosen_recipes(only: str | None) -> list[Recipe]:
     return [r for r in RECIPES if r.kind in names]
 
 
+def mean_psi(result: dict) -> dict:
+    """``{"learned": ..., "nmi": ..., ...}``: mean psi_3 per method of one rank-error benchmark result."""
+    mean = {name: round(sum(v) / len(v), 1) for name, v in result["psi"].items()}
+    return {"learned": mean.pop("multimodal SDAE + deep NN"), **mean}
+
+
 def recipe_evaluation(recipe: Recipe, shipped: dict) -> dict:
     """The evaluation numbers of the recipe: the benchmark of the CT/MR recipe, else the shipped manifest's block."""
     from ..paths import PROJECT_ROOT
@@ -86,13 +92,17 @@ def recipe_evaluation(recipe: Recipe, shipped: dict) -> dict:
         if not path.is_file():
             return {}
         result = json.loads(path.read_text())
-        mean = {name: round(sum(v) / len(v), 1) for name, v in result["psi"].items()}
-        learned = mean.pop("multimodal SDAE + deep NN")
-        psi = {"learned": learned, **mean}
+        # The same recipe run with other seeds lies beside it as ..._seedN.json; the target counts for all.
+        seeds = {0: mean_psi(result)}
+        for other in sorted(path.parent.glob(f"{path.stem}_seed*.json")):
+            seeds[int(other.stem.rsplit("_seed", 1)[1])] = mean_psi(json.loads(other.read_text()))
+        met = {seed: bool(2 * psi["learned"] <= min(psi["nmi"], psi["lcc"])) for seed, psi in sorted(seeds.items())}
         return {"source": f"{CTMR_BENCHMARK}.md (same recipe, leave-one-patient-out, {len(result['folds'])} folds)",
-                "mean_psi3_head": psi,
+                "mean_psi3_head": seeds[0],
                 "target": "learned mean psi at most half of NMI's and LCC's",
-                "target_met": bool(2 * learned <= min(psi["nmi"], psi["lcc"]))}
+                "mean_psi3_head_per_seed": {str(k): v for k, v in sorted(seeds.items())},
+                "target_met_per_seed": {str(k): v for k, v in met.items()},
+                "target_met": all(met.values())}
     entry = next((e for e in shipped.get("models", []) if e.get("file") == recipe.file), None)
     return dict(entry.get("evaluation") or {}) if entry else {}
 
