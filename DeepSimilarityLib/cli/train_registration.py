@@ -10,7 +10,8 @@ from .common import add_resume_option, output_path, resumable_training
 
 def add_parsers(kinds):
     """Adds the ``registration`` and ``features`` kinds to the ``deepsim train`` subparsers."""
-    r = kinds.add_parser("registration", help="DeepSim or baseline-loss registration network on brain MR slices or your images",
+    r = kinds.add_parser("registration",
+                         help="DeepSim or baseline-loss registration network on brain MR slices or your images",
                          description="Trains the registration U-Net on coronal slice pairs vxm <-> OASIS of "
                                      "../shared/data/brain-mr (2x downsampled to 96x80), or on all pairs of "
                                      "--images, loss + lambda * diffusion.")
@@ -142,7 +143,7 @@ def _user_images(args):
     dims = volumes[0].ndim
     factor = args.downsample if args.downsample is not None else (2 if dims == 2 else 4)
     multiple = RegistrationNet(dims).multiple
-    images, pairs, shape = user_training_set(volumes, list(args.images), factor,
+    images, pairs, _ = user_training_set(volumes, list(args.images), factor,
                                              None if args.pre_align == "none" else args.pre_align, multiple, log=print)
     names = ", ".join(Path(p).name for p in args.images)
     data = f"{len(pairs)} directed pairs of {len(volumes)} user images ({names}), pre-align {args.pre_align}"
