@@ -15,6 +15,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
     python benchmarks/eval_registration_3d_net.py --fold 1 ...   (hub OASIS 0001: test vxm <-> OASIS 0002)
     python benchmarks/eval_registration_3d_net.py --merge-folds F0.json,F1.json,F2.json --stem STEM
       -> one report over the test pairs of every fold (all six directed pairs for folds 0, 1, 2)
+    python benchmarks/eval_registration_3d_net.py --report RESULT.json   -> its .md and .png again
 """
 
 import argparse
@@ -61,12 +62,17 @@ def main(argv=None):
     p.add_argument("--merge", default="", help="comma-separated result JSONs of disjoint losses: write one report")
     p.add_argument("--merge-folds", default="",
                    help="comma-separated result JSONs of different --fold runs with the same losses: one report")
+    p.add_argument("--report", default="", help="a result JSON of this script: rewrite its .md and .png from it")
     p.add_argument("--stem", default="registration_3d_net", help="result file name without extension")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     instance = json.loads(Path(args.instance).read_text()) if Path(args.instance).is_file() else None
     if instance is not None:
         instance["source"] = Path(args.instance).name
+    if args.report:
+        path = Path(args.report)
+        report_3d_net(json.loads(path.read_text()), path.parent, path.stem, instance)
+        return 0
     for files, merge in ((args.merge, merge_3d_net_results), (args.merge_folds, merge_3d_net_folds)):
         if files:
             runs = [json.loads(Path(f.strip()).read_text()) for f in files.split(",")]

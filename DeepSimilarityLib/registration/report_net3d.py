@@ -105,6 +105,34 @@ CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7
               "MONAI transforms)")
 
 
+def _mean_per_label(runs: list) -> dict:
+    """``{label: mean Dice over the pairs where it is present}`` from a list of per-pair ``{label: Dice}``."""
+    labels = sorted({k for r in runs for k in r}, key=int)
+    return {k: float(np.mean([r[k] for r in runs if k in r])) for k in labels}
+
+
+def label_lines(result: dict) -> list:
+    """Markdown lines: mean test Dice per label for affine and every loss, and for each DeepSim loss on how
+    many labels it beats each other loss (where a loss wins: a few structures or all of them)."""
+    losses = {n: _mean_per_label(r["dice_per_label"]) for n, r in result["losses"].items() if "dice_per_label" in r}
+    if len(losses) < 2 or "dice_per_label" not in result["affine_only"]:
+        return []  # one loss, or a result without per-label scores: nothing to compare
+    affine = _mean_per_label(result["affine_only"]["dice_per_label"])
+    names = list(losses)
+    out = ["", "Mean test Dice per seg35 label (over the test pairs where the label is present):", "",
+           "| label | affine only | " + " | ".join(names) + " |", "|---|" + "---:|" * (len(names) + 1)]
+    for k in affine:
+        out.append(f"| {k} | {affine[k]:.3f} | " + " | ".join(f"{losses[n].get(k, float('nan')):.3f}" for n in names)
+                   + " |")
+    out.append("")
+    for d in (n for n in names if n.startswith("deepsim")):
+        for other in (n for n in names if n != d):
+            common = [k for k in losses[d] if k in losses[other]]
+            wins = sum(losses[d][k] > losses[other][k] for k in common)
+            out.append(f"- {d} above {other} on {wins} of {len(common)} labels")
+    return out
+
+
 def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None, log=print) -> str:
     """Writes ``{stem}.{json,md,png}`` for a :func:`run_net_comparison_3d` result; returns the markdown."""
     from .report import write_report
@@ -170,6 +198,7 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
                 lines.append(f"| {name} | {run['lambda']:g} | {100 * np.mean(run['train_folding']):.3f} | {val} | "
                              f"{np.mean(run['dice']):.3f} | {100 * np.mean(run['folding']):.3f} | "
                              f"{'yes' if run['lambda'] == r['lambda'] else ''} |")
+    lines += label_lines(result)
     title = f"3D brain MR, trained nets, {len(s['pairs'])} held-out pairs, {g} grid"
     text = write_report(result, out_dir, stem, header, title,
                         footer="\n".join(lines) + "\n")

@@ -330,3 +330,14 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     # positional order of run_and_report_3d_net: ..., feature_augment, fold, augment, feature_intensity
     assert default[-4:] == (False, 0, True, False)
     assert switched[-4:] == (True, 0, False, True)
+
+
+def test_label_lines_count_where_deepsim_wins():
+    per_pair = lambda *ds: [dict(zip(("1", "2", "3"), d)) for d in ds]  # noqa: E731
+    result = {"affine_only": {"dice_per_label": per_pair((0.1, 0.2, 0.3), (0.1, 0.2, 0.3))},
+              "losses": {"ncc": {"dice_per_label": per_pair((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))},
+                         "deepsim-seg": {"dice_per_label": per_pair((0.6, 0.4, 0.4), (0.6, 0.4, 0.7))}}}
+    text = "\n".join(rep.label_lines(result))
+    assert "| 3 | 0.300 | 0.500 | 0.550 |" in text  # label 3: mean of 0.4 and 0.7
+    assert "- deepsim-seg above ncc on 2 of 3 labels" in text
+    assert rep.label_lines({"affine_only": result["affine_only"], "losses": {"ncc": result["losses"]["ncc"]}}) == []
