@@ -252,7 +252,9 @@ def test_int8_map_follows_float32_for_both_normalisations():
         net = PatchSimilarityNet({"patch_voxels": 25, "layers": [50, 20, 10], "patch_norm": norm},
                                  torch.Generator().manual_seed(3))
         with torch.no_grad():
-            net.out.weight.normal_()
+            # Seeded: drawn from the global generator, the weights depended on the tests run before, and
+            # the int8 error (0.8-2.5% of the range over 12 seeds) once reached 3.06% in a full run.
+            net.out.weight.normal_(generator=torch.Generator().manual_seed(0))
         ct, mr = rng.random((5, 5)).astype(np.float32), rng.random((30, 30)).astype(np.float32)
         mr[:6, :6] = 0.4  # constant windows
         a = LearnedPatchMetric(net, precision="float32").score_map(ct, mr)
