@@ -8,7 +8,8 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--no-augment] [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
+        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--no-augment]
+        [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
       -> one report from runs of disjoint --losses (e.g. one process per core)

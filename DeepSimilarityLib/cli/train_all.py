@@ -96,12 +96,13 @@ def recipe_evaluation(recipe: Recipe, shipped: dict) -> dict:
         seeds = {0: mean_psi(result)}
         for other in sorted(path.parent.glob(f"{path.stem}_seed*.json")):
             seeds[int(other.stem.rsplit("_seed", 1)[1])] = mean_psi(json.loads(other.read_text()))
-        met = {seed: bool(2 * psi["learned"] <= min(psi["nmi"], psi["lcc"])) for seed, psi in sorted(seeds.items())}
+        seeds = {str(k): v for k, v in sorted(seeds.items())}  # glob order puts seed10 before seed2
+        met = {seed: bool(2 * psi["learned"] <= min(psi["nmi"], psi["lcc"])) for seed, psi in seeds.items()}
         return {"source": f"{CTMR_BENCHMARK}.md (same recipe, leave-one-patient-out, {len(result['folds'])} folds)",
-                "mean_psi3_head": seeds[0],
+                "mean_psi3_head": seeds["0"],
                 "target": "learned mean psi at most half of NMI's and LCC's",
-                "mean_psi3_head_per_seed": {str(k): v for k, v in sorted(seeds.items())},
-                "target_met_per_seed": {str(k): v for k, v in met.items()},
+                "mean_psi3_head_per_seed": seeds,
+                "target_met_per_seed": met,
                 "target_met": all(met.values())}
     entry = next((e for e in shipped.get("models", []) if e.get("file") == recipe.file), None)
     return dict(entry.get("evaluation") or {}) if entry else {}

@@ -55,6 +55,13 @@ def network_grid(fixed: Volume, shape) -> Volume:
     return Volume(np.zeros(shape, np.float32), tuple(spacing), tuple(origin), fixed.direction.copy())
 
 
+def network_shape(fixed: Volume, multiple: int, downsample: int = 1) -> list[int]:
+    """``fixed``'s array shape divided by ``downsample``, rounded up to a multiple of ``multiple`` (the net's)."""
+    if downsample < 1:
+        raise InputError("--downsample", f"must be >= 1, got {downsample}")
+    return [int(np.ceil(s / downsample / multiple) * multiple) for s in fixed.array.shape]
+
+
 def _unit(a: np.ndarray, name: str, intensity: dict | None = None) -> np.ndarray:
     """Intensities as the network learned them.
 
@@ -131,8 +138,7 @@ def register_deformable(fixed: Volume, moving: Volume, net, affine: str | None =
     t_affine = time.perf_counter() - t0
     shape = getattr(net, "metadata", {}).get("grid")
     if shape is None or len(shape) != dims:
-        m = net.multiple
-        shape = [int(np.ceil(s / m) * m) for s in fixed.array.shape]
+        shape = network_shape(fixed, net.multiple)
     grid = network_grid(fixed, shape)
     intensity = getattr(net, "metadata", {}).get("intensity")
     f_net = to_network_grid(fixed, grid, intensity, name="fixed")

@@ -16,39 +16,27 @@ import torch
 
 from ..affine_registration import register_affine
 from ..errors import InputError
-from ..image_io import Volume, check_overlap, check_volume
-from .apply import network_grid, to_network_grid
+from ..image_io import check_overlap, check_volume
+from .apply import network_grid, network_shape, to_network_grid
 from .experiment import TRAINING_INTENSITY
-
-# User nets keep the shipped nets' intensity rule (foreground 99th percentile -> 0.43), so that
-# every registration net in the project reads its input the same way.
-INTENSITY = TRAINING_INTENSITY
-
-
-def network_shape(reference: Volume, downsample: int, multiple: int) -> list[int]:
-    """The reference's array shape divided by ``downsample``, rounded up to a multiple of ``multiple``."""
-    if downsample < 1:
-        raise InputError("--downsample", f"must be >= 1, got {downsample}")
-    return [int(np.ceil(s / downsample / multiple) * multiple) for s in reference.array.shape]
 
 
 def user_training_set(volumes: list, names: list, downsample: int, pre_align: str | None = "affine",
-                      multiple: int = 8, intensity: dict = INTENSITY, log=None):
+                      multiple: int = 8, intensity: dict = TRAINING_INTENSITY, log=None):
     """``(images (N, 1, ...) in [0, 1], pairs (N*(N-1), 2) long, network shape)`` from N >= 2 images.
 
     ``volumes``: :class:`~DeepSimilarityLib.image_io.Volume` s of one dimensionality; ``names`` name
-    them in errors. All directed pairs are returned as ``(moving, fixed)`` indices.
+    them in errors. All directed pairs are returned as ``(moving, fixed)`` indices. ``intensity``: the
+    shipped nets' rule by default, so that every registration net in the project reads its input alike.
     """
     if len(volumes) < 2:
         raise InputError("--images", f"need at least two images to make pairs, got {len(volumes)}")
+    reference = volumes[0]
     for v, name in zip(volumes, names):
         check_volume(v, name)
-    dims = {v.ndim for v in volumes}
-    if len(dims) > 1:
-        bad = next(n for v, n in zip(volumes, names) if v.ndim != volumes[0].ndim)
-        raise InputError(bad, f"is {3 if volumes[0].ndim == 2 else 2}D but {names[0]} is {volumes[0].ndim}D")
-    reference = volumes[0]
-    shape = network_shape(reference, downsample, multiple)
+        if v.ndim != reference.ndim:
+            raise InputError(name, f"is {v.ndim}D but {names[0]} is {reference.ndim}D")
+    shape = network_shape(reference, multiple, downsample)
     grid = network_grid(reference, shape)
     arrays = []
     for i, (v, name) in enumerate(zip(volumes, names)):

@@ -11,7 +11,8 @@ from DeepSimilarityLib.phantom import make_head_phantom
 from DeepSimilarityLib.registration.apply import network_grid, to_network_grid
 from DeepSimilarityLib.registration.feature_net import FeatureNet, save_feature_net
 from DeepSimilarityLib.registration.network import load_registration_net
-from DeepSimilarityLib.registration.user_pairs import INTENSITY, user_training_set
+from DeepSimilarityLib.registration.experiment import TRAINING_INTENSITY
+from DeepSimilarityLib.registration.user_pairs import user_training_set
 
 torch.set_num_threads(1)
 
@@ -31,7 +32,7 @@ def test_training_set_is_what_registration_will_see(slices):
     assert 0 <= float(images.min()) and float(images.max()) <= 1
     assert sorted(map(tuple, pairs.tolist())) == [(m, f) for m in range(3) for f in range(3) if m != f]
     # The reference goes through the very function register_deformable uses for its fixed image.
-    ref = to_network_grid(slices[0], network_grid(slices[0], shape), INTENSITY, name="fixed")
+    ref = to_network_grid(slices[0], network_grid(slices[0], shape), TRAINING_INTENSITY, name="fixed")
     assert np.array_equal(images[0, 0].numpy(), ref)
     # The moved copy is pre-aligned back onto the reference; without pre-alignment it is not.
     unaligned, _, _ = user_training_set(slices, ["a", "moved", "other"], 2, pre_align=None)
