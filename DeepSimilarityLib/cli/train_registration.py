@@ -39,9 +39,19 @@ def add_parsers(kinds):
 
     f = kinds.add_parser("features", help="DeepSim feature net: segmentation or autoencoder on the vxm brain scan")
     f.add_argument("--mode", required=True, choices=["seg", "ae"])
-    f.add_argument("--epochs", type=int, default=20)
-    f.add_argument("--image", help="train on this image file (2D, or the axial slices of a 3D one) instead of the vxm scan")
-    f.add_argument("--labels", help="label map of --image (same grid; ids are renumbered 1..K)")
+    f.add_argument("--dims", type=int, choices=[2, 3], default=2,
+                   help="2: a net for 2D images, trained on slices (default); 3: a net for volumes, trained on "
+                        "the whole volume, for 'train registration --images' with 3D images")
+    f.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set (default 20 in 2D; in 3D one pass is one step on the "
+                        "volume, default 120)")
+    f.add_argument("--image", help="train on this image file instead of the vxm scan (--dims 2: a 2D image or the "
+                                   "axial slices of a 3D one; --dims 3: a 3D image)")
+    f.add_argument("--labels", help="label map of --image (--dims 2: same grid; --dims 3: any grid covering it; "
+                                    "ids are renumbered 1..K)")
+    f.add_argument("--downsample", type=int, default=None,
+                   help="--dims 3: the grid is the image's size / this, rounded up as 'train registration "
+                        "--images --downsample' rounds it (default 4, as there)")
     f.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, help="weights file to write (.pt)")
@@ -110,6 +120,10 @@ def run_train_registration(args):
         factor, data, dims = 2, f"{len(index)} coronal slice pairs vxm <-> OASIS", 2
     if features is not None and features.dims != dims:
         raise InputError("--features", f"is a {features.dims}D feature net but the images are {dims}D")
+    learned_at = (features.metadata or {}).get("downsample") if features is not None else None
+    if learned_at and learned_at != factor:
+        # Not an error: the net is fully convolutional. But its features learned structures of another size.
+        print(f"note: the feature net learned on a {learned_at}x coarser grid, the registration runs on {factor}x")
     loss = make_loss(args.loss, dims, features)
     bar, on_epoch = _progress_bar(f"training {args.loss}")
     with resumable_training(args) as checkpoint:
@@ -153,40 +167,91 @@ def _user_images(args):
 def run_train_features(args):
     import datetime
 
-    from ..registration.data import load_brain_volumes
-    from ..registration.experiment import feature_training_set
     from ..registration.feature_net import save_feature_net, train_feature_net
 
     out = output_path(args.out, "--out")
-    if args.epochs < 1:
-        raise InputError("--epochs", f"must be >= 1, got {args.epochs}")
+    epochs = args.epochs if args.epochs is not None else (20 if args.dims == 2 else 120)
+    if epochs < 1:
+        raise InputError("--epochs", f"must be >= 1, got {epochs}")
     if args.labels and not args.image:
         raise InputError("--labels", "needs --image")
     if args.mode == "seg" and args.image and not args.labels:
         raise InputError("--labels", "segmentation features on --image need its label map")
+    if args.downsample is not None and args.dims != 3:
+        raise InputError("--downsample", "needs --dims 3 (2D feature nets learn from the slices as they are)")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.image:
-        images, labels = labelled_image_set(args.image, args.labels)
-        data = f"{args.image}" + (f" with labels {args.labels}" if args.labels else "")
+    if args.dims == 3:
+        images, labels, data, grid = _feature_volume(args)
+        # The 3D benchmark's recipe (experiment3d.feature_nets): one volume, one step per epoch.
+        lr, batch = 3e-3, 1
     else:
-        images, labels = feature_training_set(load_brain_volumes(), 2)
-        data = "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled"
-    bar, on_epoch = _progress_bar(f"feature net {args.mode}")
+        images, labels, data, grid = *_feature_slices(args), None
+        lr, batch = 1e-3, 8
+    bar, on_epoch = _progress_bar(f"feature net {args.mode} {args.dims}D")
     with resumable_training(args) as checkpoint:
-        net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=args.epochs,
-                                      seed=args.seed, on_epoch=on_epoch)
+        net, hist = train_feature_net(images, labels if args.mode == "seg" else None, args.mode, epochs=epochs,
+                                      batch_size=batch, lr=lr, seed=args.seed, on_epoch=on_epoch)
     hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
-    save_feature_net(net, out, {"mode": args.mode, "data": data,
-                                "optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": args.epochs,
-                                "seed": args.seed, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
-                                "date": datetime.date.today().isoformat()})
+    meta = {"mode": args.mode, "dims": args.dims, "data": data, "optimizer": "adam", "lr": lr, "batch_size": batch,
+            "epochs": epochs, "seed": args.seed, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
+            "date": datetime.date.today().isoformat()}
+    if grid:
+        meta.update(grid)
+    save_feature_net(net, out, meta)
     checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
+
+
+def _feature_slices(args):
+    """``train features --dims 2``: (images (N, 1, H, W), labels (N, H, W), data note)."""
+    from ..registration.data import load_brain_volumes
+    from ..registration.experiment import feature_training_set
+
+    if args.image:
+        images, labels = labelled_image_set(args.image, args.labels)
+        return images, labels, f"{args.image}" + (f" with labels {args.labels}" if args.labels else "")
+    images, labels = feature_training_set(load_brain_volumes(), 2)
+    return images, labels, "vxm_test_scan.npz coronal slices z 20..199, 2x downsampled"
+
+
+def _feature_volume(args):
+    """``train features --dims 3``: (image (1, 1, ...), labels (1, ...) or None, data note, grid metadata)."""
+    from ..image_io import read_image
+
+    factor = 4 if args.downsample is None else args.downsample
+    if factor < 1:
+        raise InputError("--downsample", f"must be >= 1, got {factor}")
+    if args.image:
+        from ..registration.experiment import TRAINING_INTENSITY
+        from ..registration.user_pairs import feature_training_volume
+
+        image = read_image(args.image)
+        if image.ndim != 3:
+            raise InputError(args.image, f"is {image.ndim}D; --dims 3 trains on a 3D image")
+        labels = read_image(args.labels, dtype=None) if args.labels else None
+        x, y = feature_training_volume(image, labels, factor, args.image, args.labels or "--labels")
+        data = f"{args.image}" + (f" with labels {args.labels}" if args.labels else "")
+        return x, y, data, {"grid": list(x.shape[2:]), "downsample": factor, "intensity": TRAINING_INTENSITY}
+    import numpy as np
+    import torch
+
+    from ..registration.data import load_brain_volumes
+    from ..registration.experiment3d import downsampled
+
+    vols = load_brain_volumes()
+    if any(n % (4 * factor) for n in vols.images[0].shape):
+        raise InputError("--downsample", f"the vxm scan {vols.images[0].shape} needs a factor whose grid the "
+                                         f"feature net can halve twice (e.g. 2 or 4), not {factor}")
+    x = downsampled(vols, factor)[0]
+    # Strided labels, as the 3D benchmark's feature nets (experiment3d.feature_nets) learn them.
+    y = torch.from_numpy(np.ascontiguousarray(vols.labels[0][::factor, ::factor, ::factor], dtype=np.int64))[None]
+    data = f"vxm_test_scan.npz volume with seg35 labels, {factor}x block-averaged"
+    return x, y, data, {"grid": list(x.shape[2:]), "downsample": factor}
 
 
 def labelled_image_set(image_path, labels_path=None):
@@ -200,6 +265,7 @@ def labelled_image_set(image_path, labels_path=None):
     import torch
 
     from ..image_io import read_image
+    from ..registration.user_pairs import renumbered_labels
 
     image = read_image(image_path)
     array = image.array.astype(np.float32)
@@ -211,8 +277,7 @@ def labelled_image_set(image_path, labels_path=None):
         lab = read_image(labels_path, dtype=None)
         if lab.array.shape != image.array.shape:
             raise InputError(labels_path, f"shape {lab.array.shape} differs from the image's {image.array.shape}")
-        ids, renumbered = np.unique(np.rint(lab.array).astype(np.int64), return_inverse=True)
-        labels = renumbered.reshape(lab.array.shape) + (0 if ids[0] == 0 else 1)
+        labels = renumbered_labels(lab.array)
     else:
         labels = np.zeros(array.shape, np.int64)
     if image.ndim == 2:

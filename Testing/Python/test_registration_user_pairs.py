@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_data
 from DeepSimilarityLib.cli import main
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.image_io import Volume, read_image, write_image
 from DeepSimilarityLib.phantom import make_head_phantom
 from DeepSimilarityLib.registration.apply import network_grid, to_network_grid
-from DeepSimilarityLib.registration.feature_net import FeatureNet, save_feature_net
+from DeepSimilarityLib.registration.feature_net import FeatureNet, load_feature_net, save_feature_net
 from DeepSimilarityLib.registration.network import load_registration_net
 from DeepSimilarityLib.registration.experiment import TRAINING_INTENSITY
-from DeepSimilarityLib.registration.user_pairs import user_training_set
+from DeepSimilarityLib.registration.user_pairs import feature_training_volume, renumbered_labels, user_training_set
 
 torch.set_num_threads(1)
 
@@ -86,3 +87,74 @@ def test_cli_trains_on_images_and_the_net_registers_them(tmp_path, slices, capsy
         assert main(["train", "registration", *argv, "--out", never]) == 2, argv
         assert text in capsys.readouterr().err, argv
     assert not (tmp_path / "never.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def head_volumes():
+    """Two 3D heads with label maps; the second on another grid."""
+    return [make_head_phantom((40, 36, 32), spacing=(3.0, 3.0, 3.0), noise=0.0),
+            make_head_phantom((44, 40, 32), spacing=(2.8, 2.8, 3.2), seed=1, noise=0.0)]
+
+
+def test_feature_volume_is_on_the_registration_grid(head_volumes):
+    head = head_volumes[0]
+    x, y = feature_training_volume(head.mr, head.labels, 2)
+    images, _, shape = user_training_set([head.mr, head_volumes[1].mr], ["a", "b"], 2, pre_align=None)
+    assert shape == [24, 24, 16] and x.shape == (1, 1, 24, 24, 16) and y.shape == (1, 24, 24, 16)
+    assert torch.equal(x[0], images[0])  # the very array registration training reads
+    present = np.unique(head.labels.array)
+    assert sorted(np.unique(y.numpy())) == list(range(len(present)))  # renumbered 0..K, nothing lost
+    x_only, none = feature_training_volume(head.mr, None, 2)
+    assert none is None and torch.equal(x_only, x)
+    with pytest.raises(InputError, match="lab.nii"):
+        feature_training_volume(head.mr, Volume(np.zeros((40, 36, 32), np.uint8), head.mr.spacing), 2,
+                                labels_name="lab.nii")
+    with pytest.raises(InputError, match="lab.nii"):
+        feature_training_volume(head.mr, Volume(head.labels.array[0], (3.0, 3.0)), 2, labels_name="lab.nii")
+
+
+def test_renumbered_labels_keeps_order_and_background():
+    assert renumbered_labels(np.array([0, 41, 2, 1024])).tolist() == [0, 2, 1, 3]
+    assert renumbered_labels(np.array([5, 7, 5])).tolist() == [1, 2, 1]  # no background: ids start at 1
+
+
+def test_cli_3d_features_then_3d_deepsim_registration(tmp_path, head_volumes, capsys):
+    paths = {}
+    for i, head in enumerate(head_volumes):
+        for what in ("mr", "labels"):
+            paths[what, i] = str(tmp_path / f"{what}{i}.nii.gz")
+            write_image(getattr(head, what), paths[what, i])
+    feat = tmp_path / "feat3d.pt"
+    assert main(["train", "features", "--mode", "seg", "--dims", "3", "--image", paths["mr", 0],
+                 "--labels", paths["labels", 0], "--downsample", "2", "--epochs", "3", "--out", str(feat)]) == 0
+    net = load_feature_net(feat)
+    assert net.dims == 3 and net.metadata["grid"] == [24, 24, 16] and net.metadata["downsample"] == 2
+    assert net.metadata["epochs"] == 3 and net.metadata["batch_size"] == 1
+    out = tmp_path / "reg3d.pt"
+    assert main(["train", "registration", "--loss", "deepsim-seg", "--features", str(feat), "--images",
+                 paths["mr", 0], paths["mr", 1], "--downsample", "2", "--epochs", "2", "--pre-align", "none",
+                 "--out", str(out)]) == 0
+    assert load_registration_net(out).metadata["grid"] == [24, 24, 16]
+    capsys.readouterr()
+    never = str(tmp_path / "never.pt")
+    slice2d = str(tmp_path / "slice.nii.gz")
+    write_image(Volume(head_volumes[0].mr.array[10], (3.0, 3.0)), slice2d)
+    cases = [(["--dims", "3", "--image", slice2d, "--mode", "ae"], "slice.nii.gz"),
+             (["--downsample", "2", "--mode", "ae"], "--dims 3"),
+             (["--dims", "3", "--image", paths["mr", 0], "--mode", "seg"], "label map"),
+             (["--dims", "3", "--image", paths["mr", 0], "--labels", slice2d, "--mode", "seg"], "slice.nii.gz"),
+             (["--dims", "3", "--epochs", "0", "--mode", "ae"], "--epochs")]
+    for argv, text in cases:
+        assert main(["train", "features", *argv, "--out", never]) == 2, argv
+        assert text in capsys.readouterr().err, argv
+    assert not (tmp_path / "never.pt").exists()
+
+
+def test_cli_3d_features_default_is_the_benchmarks_vxm_volume(tmp_path):
+    require_data("brain-mr/oasis")
+    out = tmp_path / "vxm3d.pt"
+    assert main(["train", "features", "--mode", "seg", "--dims", "3", "--epochs", "1", "--out", str(out)]) == 0
+    net = load_feature_net(out)
+    # The grid and label count of the 3D benchmark's feature nets (seg35 + background).
+    assert net.dims == 3 and net.metadata["grid"] == [56, 48, 40] and net.config["out_channels"] == 36
+    assert net.metadata["lr"] == 3e-3 and "vxm" in net.metadata["data"]
