@@ -9,7 +9,7 @@ fold-0 test pair (both directions) with the fold-0 feature net (the vxm subject,
 * a registration net trained on those two directed pairs alone (no augmentation), i.e. fitted to them.
 
 Same lambdas as the benchmarks (0.25 x LAMBDA_CENTRE). Dice over seg35 on the full grid. It reads
-the test pair's labels, so it is kept out of every choice; one thread, ~15 min.
+the test pair's labels, so it is kept out of every choice; one thread, ~25 min.
 
     python benchmarks/diag_registration_3d_fit.py [--net-steps 600] [--budgets 100,400,1000] [--losses ...]
       -> benchmarks/results/registration_3d_fit.{json,md}

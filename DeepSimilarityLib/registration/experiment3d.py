@@ -46,6 +46,13 @@ def score(ddf: torch.Tensor, moving_labels: np.ndarray, fixed_labels: np.ndarray
             "folding": folding_fraction(ddf[0].numpy())}
 
 
+def strided_labels(vols, subject: int, factor: int) -> torch.Tensor:
+    """``(1, D/f, H/f, W/f)`` int64: the subject's seg35 labels at every ``factor``-th voxel, the labels
+    a 3D feature net learns beside the block-averaged image (:func:`downsampled`)."""
+    return torch.from_numpy(np.ascontiguousarray(vols.labels[subject][::factor, ::factor, ::factor],
+                                                 dtype=np.int64))[None]
+
+
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
                  subjects=None, augment=None) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
@@ -56,7 +63,7 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
     nets, info = {}, {}
     for mode in modes:
         for s in (range(len(vols.names)) if subjects is None else subjects):
-            labels = torch.from_numpy(vols.labels[s][::factor, ::factor, ::factor].astype(np.int64))[None]
+            labels = strided_labels(vols, s, factor)
             # One volume: an "epoch" is one full-volume step.
             net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,
                                           batch_size=1, lr=lr, seed=seed, augment=augment)
