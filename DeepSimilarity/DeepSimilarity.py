@@ -102,6 +102,7 @@ class DeepSimilarityParameterNode:
     trainMrVolume: vtkMRMLScalarVolumeNode
     trainImageVolume: vtkMRMLScalarVolumeNode
     trainLabelVolume: vtkMRMLLabelMapVolumeNode
+    trainVolume3D: bool = False  # deepsim: a 3D feature net on the whole volume (--dims 3)
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
     pairs: Annotated[int, WithinRange(10, 100000)] = 2000
     bits: Annotated[int, WithinRange(8, 256)] = 64

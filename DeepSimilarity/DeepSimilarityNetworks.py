@@ -141,13 +141,16 @@ class NetworksLogicMixin:
 
     def training_job(self, kind, out_path=None, epochs=10, pairs=2000, bits=64, ctNode=None, mrNode=None,
                      imageNode=None, labelNode=None, images_folder=None, labels_csv=None, loss="deepsim",
-                     threads=0, launcher=None):
+                     threads=0, launcher=None, volume3D=False, trainingVolumes=None):
         """A background :class:`Job` training a ``kind`` network; on success it becomes the current one.
 
         Inputs per kind: ``similarity`` a registered CT/MR pair of scene volumes (``pairs``);
-        ``deepsim`` an image and its label map (``epochs``); ``registration`` the shared brain MR
-        data with ``loss`` (``epochs``); ``siamese`` and ``hashing`` an image folder with a labels CSV
-        (``epochs``, ``bits``). ``out_path``: the weights file (default: ~/DeepSimilarity/networks/).
+        ``deepsim`` an image and its label map (``epochs``), trained on its slices, or as a whole
+        volume when ``volume3D`` (a 3D feature net; the label map may have another grid);
+        ``registration`` with ``loss`` (``epochs``) on two or more ``trainingVolumes`` of one modality
+        (2D or 3D), or on the shared brain MR data when none are given; ``siamese`` and ``hashing`` an
+        image folder with a labels CSV (``epochs``, ``bits``). ``out_path``: the weights file (default:
+        ~/DeepSimilarity/networks/).
         """
         import DeepSimilarityJobs as jobs
         import DeepSimilarityNodes as nodes
@@ -169,19 +172,32 @@ class NetworksLogicMixin:
         elif kind == "deepsim":
             volumes = {"image": nodes.volume_from_node(imageNode, "training image"),
                        "labels": nodes.volume_from_node(labelNode, "training label map")}
-            if volumes["image"].array.shape != volumes["labels"].array.shape:
+            if volume3D:
+                for title, node, volume in (("training image", imageNode, volumes["image"]),
+                                            ("training label map", labelNode, volumes["labels"])):
+                    if volume.ndim != 3:
+                        raise ValueError(f"{title}: a whole-volume (3D) feature net needs a 3D volume; "
+                                         f"{node.GetName()!r} is one slice")
+            elif volumes["image"].array.shape != volumes["labels"].array.shape:
                 raise ValueError("training label map: must have the training image's grid")
             args = ["train", "features", "--mode", "seg", "--image", "{image}", "--labels", "{labels}",
-                    "--epochs", int(epochs)]
+                    "--epochs", int(epochs)] + (["--dims", 3] if volume3D else [])
         elif kind == "registration":
-            from DeepSimilarityLib.paths import has_shared_data
-
-            if not has_shared_data("brain-mr"):
-                raise ValueError("registration training: needs the shared brain MR data (set DEEPSIM_DATA)")
             loss_name = "deepsim-seg" if loss == "deepsim" else loss
             args = ["train", "registration", "--loss", loss_name, "--epochs", int(epochs)]
+            volumes = self._registration_training_volumes(trainingVolumes)
+            if volumes:
+                args += ["--images"] + ["{%s}" % name for name in volumes]
+            else:
+                from DeepSimilarityLib.paths import has_shared_data
+
+                if not has_shared_data("brain-mr"):
+                    raise ValueError("training volumes: check two or more scene volumes, or provide the shared "
+                                     "brain MR data (set DEEPSIM_DATA)")
             if loss_name == "deepsim-seg":
-                args += ["--features", self.network_for("deepsim", "deepsim_features_seg_2d.pt")]
+                features = self.network_for("deepsim", "deepsim_features_seg_2d.pt")
+                self._check_feature_net_dims(features, next(iter(volumes.values())).ndim if volumes else 2)
+                args += ["--features", features]
         else:
             if not images_folder or not os.path.isdir(str(images_folder)):
                 raise ValueError(f"image folder: '{images_folder}' is not a folder")
@@ -207,6 +223,38 @@ class NetworksLogicMixin:
 
         return self.background_job(jobs.deepsim_command(*args), f"training the {KIND_TITLES[kind]}", on_success,
                                    folder, launcher)
+
+    @staticmethod
+    def _registration_training_volumes(volumeNodes) -> dict:
+        """``{"image0": Volume, ...}`` of the checked training volumes: none, or two or more of one dimension."""
+        import DeepSimilarityNodes as nodes
+
+        volumeNodes = [n for n in (volumeNodes or []) if n is not None]
+        if len(volumeNodes) == 1:
+            raise ValueError(f"training volumes: only {volumeNodes[0].GetName()!r} is checked; a registration net "
+                             "needs two or more (or none, for the shared brain MR data)")
+        volumes = {f"image{i}": nodes.volume_from_node(n, f"training volume {n.GetName()!r}")
+                   for i, n in enumerate(volumeNodes)}
+        dims = {v.ndim for v in volumes.values()}
+        if len(dims) > 1:
+            names = ", ".join(f"{n.GetName()!r} ({v.ndim}D)" for n, v in zip(volumeNodes, volumes.values()))
+            raise ValueError(f"training volumes: mix 2D slices and 3D volumes ({names}); check one kind")
+        return volumes
+
+    @staticmethod
+    def _check_feature_net_dims(path, dims) -> None:
+        """ValueError unless the DeepSim feature net at ``path`` is for ``dims``-D images."""
+        from DeepSimilarityLib.registration.feature_net import load_feature_net
+
+        try:
+            net_dims = load_feature_net(path).dims
+        except Exception as exc:  # any loader error: not a usable feature net
+            raise ValueError(f"DeepSim feature net: {path} cannot be loaded ({exc})") from None
+        if net_dims != dims:
+            how = "check 'Whole volume (3D)'" if dims == 3 else "leave 'Whole volume (3D)' unchecked"
+            raise ValueError(f"DeepSim feature net: the current one ({os.path.basename(str(path))}) is for {net_dims}D "
+                             f"images and the training volumes are {dims}D; train a DeepSim feature net with "
+                             f"{how} first, or load one")
 
     @staticmethod
     def default_network_path(kind) -> str:

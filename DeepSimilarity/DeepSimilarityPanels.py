@@ -17,6 +17,8 @@ TRAINING_ROWS = {
     ("pairsLabel", "pairsSpinBox"): ("similarity",),
     ("trainImageVolumeLabel", "trainImageVolumeSelector"): ("deepsim",),
     ("trainLabelVolumeLabel", "trainLabelVolumeSelector"): ("deepsim",),
+    ("trainVolume3DLabel", "trainVolume3DCheckBox"): ("deepsim",),
+    ("trainVolumesLabel", "trainVolumesSelector"): ("registration",),
     ("trainImagesPathLabel", "trainImagesPathLineEdit"): ("siamese", "hashing"),
     ("trainCsvPathLabel", "trainCsvPathLineEdit"): ("siamese", "hashing"),
     ("bitsLabel", "bitsSpinBox"): ("hashing",),
@@ -88,7 +90,8 @@ class NetworksPanel:
                 self._kind, self.ui.trainOutputPathLineEdit.currentPath or None, epochs=p.epochs, pairs=p.pairs,
                 bits=p.bits, ctNode=p.trainCtVolume, mrNode=p.trainMrVolume, imageNode=p.trainImageVolume,
                 labelNode=p.trainLabelVolume, images_folder=self.ui.trainImagesPathLineEdit.currentPath,
-                labels_csv=self.ui.trainCsvPathLineEdit.currentPath, loss=p.registrationLoss)
+                labels_csv=self.ui.trainCsvPathLineEdit.currentPath, loss=p.registrationLoss,
+                volume3D=p.trainVolume3D, trainingVolumes=self.ui.trainVolumesSelector.checkedNodes())
             self.widget.runJob(job, self.ui.trainButton, self.onTrained)
 
     def onTrained(self, path) -> None:

@@ -35,6 +35,8 @@ EXPECTED_WIDGETS = {
     "trainMrVolumeSelector": "qMRMLNodeComboBox",
     "trainImageVolumeSelector": "qMRMLNodeComboBox",
     "trainLabelVolumeSelector": "qMRMLNodeComboBox",
+    "trainVolume3DCheckBox": "QCheckBox",
+    "trainVolumesSelector": "qMRMLCheckableNodeComboBox",
     "trainImagesPathLineEdit": "ctkPathLineEdit",
     "trainCsvPathLineEdit": "ctkPathLineEdit",
     "trainOutputPathLineEdit": "ctkPathLineEdit",
@@ -97,6 +99,7 @@ EXPECTED_BINDINGS = {
     "bitsSpinBox": "bits",
     "trainCtVolumeSelector": "trainCtVolume",
     "trainLabelVolumeSelector": "trainLabelVolume",
+    "trainVolume3DCheckBox": "trainVolume3D",
 }
 
 PANELS = ["Networks", "Similarity heat map", "Registration", "Retrieval"]
@@ -201,7 +204,8 @@ def test_ui_gives_the_scene_to_every_node_selector(ui_tree):
                  if c.findtext("sender") == top
                  and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    selectors = {n for n, w in widgets_by_name(ui_tree).items() if w.get("class") == "qMRMLNodeComboBox"}
+    selectors = {n for n, w in widgets_by_name(ui_tree).items()
+                 if w.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
     assert selectors and selectors <= receivers, f"without a scene: {sorted(selectors - receivers)}"
 
 

@@ -172,6 +172,50 @@ def test_training_jobs_build_the_deepsim_command_and_set_the_current_network(log
     assert len(seen) == 3
 
 
+def test_3d_training_from_the_scene_whole_volume_features_then_registration_on_checked_volumes(logic, tmp_path):
+    """'Whole volume (3D)' makes a 3D feature net; checked training volumes train a registration net on them
+    (``--images``), in-process, end to end; bad combinations are refused before anything starts."""
+    import DeepSimilarityNodes as nodes
+
+    a, b = make_head_phantom((32, 32, 32), seed=1), make_head_phantom((32, 32, 32), seed=2, misalign=(3.0, (2.0, 0.0, 0.0)))
+    aNode, bNode = add_volume(a.mr, "mr_a"), add_volume(b.mr, "mr_b")
+    labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels_a")
+    nodes.update_node_from_volume(a.labels.with_array(a.labels.array.astype(np.int16)), labelNode)
+    sliceNode = add_volume(make_head_phantom((32, 32), seed=3).mr, "slice")
+    launcher = InProcessLauncher()
+    job = finish(logic.training_job("deepsim", tmp_path / "f3d.pt", epochs=2, imageNode=aNode, labelNode=labelNode,
+                                    volume3D=True, threads=1, launcher=launcher))
+    assert job.state == "succeeded", job.error
+    assert launcher.calls[-1][launcher.calls[-1].index("--dims") + 1] == "3"
+    from DeepSimilarityLib.registration.feature_net import load_feature_net
+
+    assert load_feature_net(logic.networks["deepsim"]).dims == 3
+    job = finish(logic.training_job("registration", tmp_path / "r3d.pt", epochs=1, loss="deepsim",
+                                    trainingVolumes=[aNode, bNode], launcher=launcher))
+    assert job.state == "succeeded", job.error
+    command = launcher.calls[-1]
+    assert command[command.index("--features") + 1] == str(tmp_path / "f3d.pt")
+    assert len(command[command.index("--images") + 1:command.index("--features")]) == 2
+    from DeepSimilarityLib.registration.network import load_registration_net
+
+    assert load_registration_net(logic.networks["registration"]).config["spatial_dims"] == 3
+    calls = len(launcher.calls)
+    with pytest.raises(ValueError, match="training volumes: only 'mr_a' is checked"):
+        logic.training_job("registration", tmp_path / "x.pt", loss="mse", trainingVolumes=[aNode], launcher=launcher)
+    with pytest.raises(ValueError, match=r"training volumes: mix 2D slices and 3D volumes \('mr_a' \(3D\)"):
+        logic.training_job("registration", tmp_path / "x.pt", loss="mse", trainingVolumes=[aNode, sliceNode],
+                           launcher=launcher)
+    with pytest.raises(ValueError, match="training image: a whole-volume .* 'slice' is one slice"):
+        logic.training_job("deepsim", tmp_path / "x.pt", imageNode=sliceNode, labelNode=labelNode, volume3D=True,
+                           launcher=launcher)
+    logic.load_shipped_network("deepsim", "deepsim_features_seg_2d.pt")  # a 2D feature net for 3D volumes
+    with pytest.raises(ValueError, match=r"DeepSim feature net: the current one \(deepsim_features_seg_2d.pt\) is "
+                                         r"for 2D images and the training volumes are 3D; .*'Whole volume \(3D\)'"):
+        logic.training_job("registration", tmp_path / "x.pt", loss="deepsim", trainingVolumes=[aNode, bNode],
+                           launcher=launcher)
+    assert len(launcher.calls) == calls and not (tmp_path / "x.pt").exists()
+
+
 def test_a_failed_training_keeps_the_current_network(logic, tmp_path):
     p = make_head_phantom((64, 64), seed=2)
     flat_ct = dataclasses.replace(p.ct, array=np.full_like(p.ct.array, 40.0))  # soft tissue only: no bone anywhere
