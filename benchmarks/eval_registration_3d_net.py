@@ -8,7 +8,7 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--no-augment]
+        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -50,6 +50,9 @@ def main(argv=None):
     p.add_argument("--feature-intensity", action="store_true",
                    help="train the DeepSim feature nets on a new random contrast of the hub subject every step "
                         "(bias field, gamma, noise)")
+    p.add_argument("--feature-encoder", default="pooled", choices=["pooled", "strided"],
+                   help="DeepSim feature-net encoder: pooled (instance norm, first level at full resolution; "
+                        "default) or strided (the paper's stride-2 stages without normalisation)")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
@@ -91,8 +94,9 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, args.feature_augment, args.fold, not args.no_augment,
-                          args.feature_intensity)
+                          factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold,
+                          augment=not args.no_augment, feature_intensity=args.feature_intensity,
+                          feature_encoder=args.feature_encoder)
     return 0
 
 

@@ -245,7 +245,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
-                          feature_intensity: bool = False, log=print) -> dict:
+                          feature_intensity: bool = False, feature_encoder: str = "pooled", log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -259,6 +259,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
     new random pose of the hub (image and labels, :func:`augment_labelled`) at every step;
     ``feature_intensity``: a new random contrast of it (:func:`intensity_transform`), after the pose.
+    ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry.
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -281,6 +282,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "feature_augment": feature_augment}, "losses": {}}
     if feature_intensity:  # only when on, so that earlier runs still merge with runs without it
         out["setup"]["feature_intensity"] = True
+    if feature_encoder != "pooled":  # likewise
+        out["setup"]["feature_encoder"] = feature_encoder
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -294,7 +297,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
 
     nets, out["setup"]["feature_nets"] = feature_nets(
         vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=(fold,),
-        augment=feature_augmentation if feature_augment or feature_intensity else None)
+        augment=feature_augmentation if feature_augment or feature_intensity else None, encoder=feature_encoder)
 
     validation = (synthetic_validation(images[fold:fold + 1], vols.labels[fold], seed=seed)
                   if len(lambda_factors) > 1 else [])
@@ -328,7 +331,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
                           feature_augment: bool = False, fold: int = 0, augment: bool = True,
-                          feature_intensity: bool = False, log=print) -> dict:
+                          feature_intensity: bool = False, feature_encoder: str = "pooled", log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -341,7 +344,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                                                                          feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
                                    lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
-                                   augment=augment, feature_intensity=feature_intensity, **kw)
+                                   augment=augment, feature_intensity=feature_intensity,
+                                   feature_encoder=feature_encoder, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"

@@ -26,13 +26,18 @@ from .checkpoint import load_network, save_checkpoint
 
 KIND = "deepsim-features"
 MODES = ("seg", "ae")
+# "pooled": max-pool then two instance-normed convolutions per level, the first level at full resolution.
+# "strided": the paper's encoder stage, a stride-2 4x4 convolution then a 3x3 one, LeakyReLU and no
+# normalisation, so every level (the first at half resolution) keeps the image's absolute contrast.
+ENCODERS = ("pooled", "strided")
 
 
-def _block(dims: int, c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 convolutions with instance norm and LeakyReLU (MONAI ``Convolution`` blocks)."""
-    conv = dict(spatial_dims=dims, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}), norm="instance")
-    return nn.Sequential(Convolution(in_channels=c_in, out_channels=c_out, **conv),
-                         Convolution(in_channels=c_out, out_channels=c_out, **conv))
+def _block(dims: int, c_in: int, c_out: int, norm="instance", stride: int = 1) -> nn.Sequential:
+    """Two convolutions with LeakyReLU (MONAI ``Convolution`` blocks), the first 4x4 stride 2 if ``stride`` is 2."""
+    conv = dict(spatial_dims=dims, act=("leakyrelu", {"negative_slope": 0.2}), norm=norm)
+    first = dict(kernel_size=4, strides=2, padding=1) if stride == 2 else dict(kernel_size=3)
+    return nn.Sequential(Convolution(in_channels=c_in, out_channels=c_out, **first, **conv),
+                         Convolution(in_channels=c_out, out_channels=c_out, kernel_size=3, **conv))
 
 
 class FeatureNet(nn.Module):
@@ -42,40 +47,53 @@ class FeatureNet(nn.Module):
         spatial_dims: 2 or 3.
         mode: ``"seg"`` or ``"ae"``.
         out_channels: segmentation classes including background (``seg``); ignored for ``ae``.
-        channels: channels per encoder level; level ``i`` runs at ``1/2**i`` resolution.
-    Inputs ``(B, 1, H, W[, D])`` with sizes divisible by ``2**(levels-1)``.
+        channels: channels per encoder level; level ``i`` runs at ``1/2**i`` resolution (``pooled``)
+            or ``1/2**(i+1)`` (``strided``).
+        encoder: one of :data:`ENCODERS`.
+    Inputs ``(B, 1, H, W[, D])`` with sizes divisible by ``2**(levels-1)`` (``pooled``) or
+    ``2**levels`` (``strided``).
     """
 
-    def __init__(self, spatial_dims: int = 2, mode: str = "seg", out_channels: int = 2, channels=(16, 32, 32)):
+    def __init__(self, spatial_dims: int = 2, mode: str = "seg", out_channels: int = 2, channels=(16, 32, 32),
+                 encoder: str = "pooled"):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise InputError("spatial_dims", f"must be 2 or 3, not {spatial_dims!r}")
         if mode not in MODES:
             raise InputError("mode", f"must be one of {MODES}, not {mode!r}")
+        if encoder not in ENCODERS:
+            raise InputError("encoder", f"must be one of {ENCODERS}, not {encoder!r}")
         self.config = dict(spatial_dims=spatial_dims, mode=mode, out_channels=int(out_channels) if mode == "seg" else 1,
-                           channels=[int(c) for c in channels])
-        self.dims, self.mode, ch = spatial_dims, mode, self.config["channels"]
-        self.encoder = nn.ModuleList(_block(spatial_dims, 1 if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch)))
+                           channels=[int(c) for c in channels], encoder=encoder)
+        self.dims, self.mode, self.strided, ch = spatial_dims, mode, encoder == "strided", self.config["channels"]
+        norm, stride = (None, 2) if self.strided else ("instance", 1)
+        self.encoder = nn.ModuleList(_block(spatial_dims, 1 if i == 0 else ch[i - 1], ch[i], norm, stride)
+                                     for i in range(len(ch)))
         skip = mode == "seg"
-        self.decoder = nn.ModuleList(_block(spatial_dims, ch[i + 1] + (ch[i] if skip else 0), ch[i])
-                                     for i in reversed(range(len(ch) - 1)))
+        # The strided encoder has one more upsampling step, back to the input, whose skip is the image itself.
+        up = [(ch[i + 1], ch[i], ch[i]) for i in reversed(range(len(ch) - 1))]  # (deep in, skip in, out)
+        up += [(ch[0], 1, ch[0])] if self.strided else []
+        self.decoder = nn.ModuleList(_block(spatial_dims, c_deep + (c_skip if skip else 0), c_out, norm)
+                                     for c_deep, c_skip, c_out in up)
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.head = conv(ch[0], self.config["out_channels"], kernel_size=1)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder feature maps, finest first: ``[(B, c0, H, W), (B, c1, H/2, W/2), ...]``."""
+        """Encoder feature maps, finest first: ``[(B, c0, H, W), (B, c1, H/2, W/2), ...]`` (``pooled``)
+        or ``[(B, c0, H/2, W/2), (B, c1, H/4, W/4), ...]`` (``strided``)."""
         pool = F.max_pool2d if self.dims == 2 else F.max_pool3d
         maps = []
         for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else pool(x, 2))
+            x = block(x if i == 0 or self.strided else pool(x, 2))
             maps.append(x)
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits ``(B, classes, ...)`` or the reconstruction ``(B, 1, ...)``."""
         maps = self.features(x)
+        skips = list(reversed(maps[:-1])) + ([x] if self.strided else [])
         y = maps[-1]
-        for block, skip in zip(self.decoder, reversed(maps[:-1])):
+        for block, skip in zip(self.decoder, skips):
             y = F.interpolate(y, size=skip.shape[2:], mode="nearest")
             y = block(torch.cat([y, skip], 1) if self.mode == "seg" else y)
         return self.head(y)
@@ -83,7 +101,7 @@ class FeatureNet(nn.Module):
 
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
                       epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
-                      on_epoch=None, should_stop=None, augment=None) -> tuple[FeatureNet, dict]:
+                      on_epoch=None, should_stop=None, augment=None, encoder: str = "pooled") -> tuple[FeatureNet, dict]:
     """Train a :class:`FeatureNet` on ``images`` ``(N, 1, H, W[, D])`` in [0, 1].
 
     ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). ``augment(images, labels) ->
@@ -101,11 +119,11 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, 
             raise InputError("labels", "segmentation features need one label map per image, shaped like the images")
         if int(labels.max()) < 1:
             raise InputError("labels", "label maps are empty (only background)")
-        net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels)
+        net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels, encoder)
         criterion = DiceCELoss(to_onehot_y=True, softmax=True)
         target = labels[:, None].long()
     else:
-        net = FeatureNet(dims, "ae", 1, channels)
+        net = FeatureNet(dims, "ae", 1, channels, encoder)
         target = None
 
     def loss_fn(idx):

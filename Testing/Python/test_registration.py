@@ -9,6 +9,7 @@ from DeepSimilarityLib.registration import (LOSSES, DeepSimLoss, FeatureNet, Reg
                                             jacobian_determinant, load_feature_net, load_registration_net, make_loss,
                                             mind_ssc, save_feature_net, save_registration_net, train_feature_net,
                                             train_registration)
+from DeepSimilarityLib.registration.checkpoint import save_checkpoint
 from DeepSimilarityLib.registration.evaluate import dice_scores, mean_dice
 from DeepSimilarityLib.registration.losses import CROSS_MODALITY
 from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_image, warp_labels, warp_nearest
@@ -178,6 +179,28 @@ def test_feature_net_trains_saves_and_refuses_foreign_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt: not a readable weights file"):
         load_registration_net(tmp_path / "junk.pt")
+
+
+def test_strided_feature_net_levels_loss_and_checkpoint(dims, tmp_path):
+    """The paper's encoder: levels at 1/2, 1/4, 1/8, a full-size prediction, DeepSim 1 for identical inputs; the
+    encoder survives a checkpoint, and a checkpoint written before the option existed loads as ``pooled``."""
+    torch.manual_seed(0)
+    shape = (32, 24) if dims == 2 else (16, 16, 24)
+    net = FeatureNet(dims, "seg", 3, encoder="strided")
+    a = blobs(shape)
+    assert [tuple(f.shape[2:]) for f in net.features(a)] == [tuple(n // k for n in shape) for k in (2, 4, 8)]
+    assert net(a).shape == (1, 3) + shape and FeatureNet(dims, "ae", encoder="strided")(a).shape == (1, 1) + shape
+    loss = DeepSimLoss(net)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(a, blobs(shape, 3.0)).item() > 1e-4
+    again = load_feature_net(save_feature_net(net, tmp_path / "s.pt"))
+    assert again.config["encoder"] == "strided" and torch.equal(again.features(a)[2], net.features(a)[2])
+    pooled = FeatureNet(dims, "seg", 3)
+    old_config = {k: v for k, v in pooled.config.items() if k != "encoder"}
+    old = load_feature_net(save_checkpoint(tmp_path / "old.pt", "deepsim-features", old_config, pooled.state_dict()))
+    assert old.config["encoder"] == "pooled" and torch.equal(old.features(a)[0], pooled.features(a)[0])
+    with pytest.raises(InputError, match="encoder"):
+        FeatureNet(dims, "seg", 3, encoder="resnet")
 
 
 @pytest.mark.parametrize("name", ["mse", "deepsim-seg"])

@@ -325,11 +325,12 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     monkeypatch.setattr(net3d, "run_and_report_3d_net", lambda *a, **k: calls.append((a, k)))
     base = ["--out-dir", str(tmp_path), "--instance", str(tmp_path / "none.json")]
     assert script.main(base) == 0
-    assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment"]) == 0
-    (default, _), (switched, _) = calls
-    # positional order of run_and_report_3d_net: ..., feature_augment, fold, augment, feature_intensity
-    assert default[-4:] == (False, 0, True, False)
-    assert switched[-4:] == (True, 0, False, True)
+    assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
+                               "--feature-encoder", "strided"]) == 0
+    (_, default), (_, switched) = calls
+    keys = ("feature_augment", "fold", "augment", "feature_intensity", "feature_encoder")
+    assert tuple(default[k] for k in keys) == (False, 0, True, False, "pooled")
+    assert tuple(switched[k] for k in keys) == (True, 2, False, True, "strided")
 
 
 def test_label_lines_count_where_deepsim_wins():
