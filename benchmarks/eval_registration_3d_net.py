@@ -8,7 +8,8 @@ two test pairs is tabled beside the networks'. DeepSim feature nets on the vxm s
 Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
-        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided] [--no-augment]
+        [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
+        [--deepsim-before-warp] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -53,6 +54,9 @@ def main(argv=None):
     p.add_argument("--feature-encoder", default="pooled", choices=["pooled", "strided"],
                    help="DeepSim feature-net encoder: pooled (instance norm, first level at full resolution; "
                         "default) or strided (the paper's stride-2 stages without normalisation)")
+    p.add_argument("--deepsim-before-warp", action="store_true",
+                   help="DeepSim losses compare the moving image's feature maps warped by the displacement with the "
+                        "fixed image's (extract before warp) instead of the features of the warped image")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
@@ -96,7 +100,7 @@ def main(argv=None):
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
                           factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold,
                           augment=not args.no_augment, feature_intensity=args.feature_intensity,
-                          feature_encoder=args.feature_encoder)
+                          feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp)
     return 0
 
 

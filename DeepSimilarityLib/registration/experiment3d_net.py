@@ -177,17 +177,21 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
-                    augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0) -> dict:
+                    augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0,
+                    before_warp: bool = False) -> dict:
     """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
     it on that fold's test and training pairs.
 
     ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
     ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
     scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
-    Dice, seconds, inference ms.
+    Dice, seconds, inference ms. ``before_warp``: a DeepSim loss compares warped moving features
+    (:class:`~.losses.DeepSimLoss`).
     """
     train_pairs, test_pairs = fold_pairs(fold)
     loss = make_loss(name, 3, feature_net)
+    if before_warp and name.startswith("deepsim"):
+        loss.before_warp = True
     generator = torch.Generator().manual_seed(seed + 1)
     aug = (lambda m, f: augment_pairs(m, f, generator)) if augment else None
     epochs = max(1, steps // len(train_pairs))
@@ -245,7 +249,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
-                          feature_intensity: bool = False, feature_encoder: str = "pooled", log=print) -> dict:
+                          feature_intensity: bool = False, feature_encoder: str = "pooled",
+                          before_warp: bool = False, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -259,7 +264,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
     new random pose of the hub (image and labels, :func:`augment_labelled`) at every step;
     ``feature_intensity``: a new random contrast of it (:func:`intensity_transform`), after the pose.
-    ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry.
+    ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry. ``before_warp``: the
+    DeepSim losses compare warped moving features (:class:`~.losses.DeepSimLoss`).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -284,6 +290,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
         out["setup"]["feature_intensity"] = True
     if feature_encoder != "pooled":  # likewise
         out["setup"]["feature_encoder"] = feature_encoder
+    if before_warp:  # likewise
+        out["setup"]["deepsim_before_warp"] = True
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -305,7 +313,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         r = train_and_score(name, images, vols.labels, lam, nets[(mode, fold)] if mode else None, steps, lr,
-                            aug, seed, log, validation, fold)
+                            aug, seed, log, validation, fold, before_warp)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "
@@ -331,7 +339,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
                           feature_augment: bool = False, fold: int = 0, augment: bool = True,
-                          feature_intensity: bool = False, feature_encoder: str = "pooled", log=print) -> dict:
+                          feature_intensity: bool = False, feature_encoder: str = "pooled",
+                          before_warp: bool = False, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -345,7 +354,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
                                    lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
                                    augment=augment, feature_intensity=feature_intensity,
-                                   feature_encoder=feature_encoder, **kw)
+                                   feature_encoder=feature_encoder, before_warp=before_warp, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"

@@ -15,6 +15,7 @@ from monai.losses import DiceLoss, GlobalMutualInformationLoss, LocalNormalizedC
 from torch import nn
 
 from ..errors import InputError
+from .network import resize_displacement, warp_image
 
 # name -> what it is; ``needs`` says which extra input the loss takes.
 LOSSES = {
@@ -37,26 +38,43 @@ class DeepSimLoss(nn.Module):
     ``feature_net.features(x)`` returns a list of maps ``(B, C_l, ...)``; the cosine is over
     channels. The small ``eps`` enters numerator and norms alike, so identical inputs give
     similarity exactly 1 (loss 0), also where a feature vector is zero.
+
+    ``before_warp``: training compares the moving image's feature maps, warped by the displacement
+    (resampled to each level), with the fixed image's (:meth:`warped_features_loss`), instead of
+    the features of the warped image: the "extract before warp" variant of the authors' later work.
+    Gradients then reach the displacement through the warp alone, never through the feature net.
     """
 
-    def __init__(self, feature_net: nn.Module, eps: float = 1e-6):
+    def __init__(self, feature_net: nn.Module, eps: float = 1e-6, before_warp: bool = False):
         super().__init__()
         self.net = feature_net.eval().requires_grad_(False)
         self.eps = eps
+        self.before_warp = before_warp
 
     def train(self, mode: bool = True):  # the feature net stays in eval mode
         super().train(mode)
         self.net.eval()
         return self
 
+    def _cosine(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """Mean over pixels of the cosine over channels of two maps ``(B, C, ...)``: ``(B,)``."""
+        dot = (fa * fb).sum(1) + self.eps
+        norm = torch.sqrt((fa.pow(2).sum(1) + self.eps) * (fb.pow(2).sum(1) + self.eps))
+        return (dot / norm).flatten(1).mean(1)
+
     def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Mean cosine similarity per batch element, ``(B,)``, in [-1, 1]."""
-        levels = []
-        for fa, fb in zip(self.net.features(a), self.net.features(b)):
-            dot = (fa * fb).sum(1) + self.eps
-            norm = torch.sqrt((fa.pow(2).sum(1) + self.eps) * (fb.pow(2).sum(1) + self.eps))
-            levels.append((dot / norm).flatten(1).mean(1))
+        levels = [self._cosine(fa, fb) for fa, fb in zip(self.net.features(a), self.net.features(b))]
         return torch.stack(levels, 0).mean(0)
+
+    def warped_features_loss(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+        """``1 - mean_levels mean_pixels cos(warp(F_l(moving), ddf_l), F_l(fixed))``; ``ddf`` ``(B, dims, ...)``
+        in voxels of the images' grid, resampled to each level's grid (:func:`~.network.resize_displacement`)."""
+        with torch.no_grad():  # the feature net is frozen and neither image depends on the displacement
+            moving_maps, fixed_maps = self.net.features(moving), self.net.features(fixed)
+        levels = [self._cosine(warp_image(fm, resize_displacement(ddf, fm.shape[2:])), ff)
+                  for fm, ff in zip(moving_maps, fixed_maps)]
+        return 1.0 - torch.stack(levels, 0).mean(0).mean()
 
     def forward(self, warped, fixed, warped_labels=None, fixed_labels=None):
         return 1.0 - self.similarity(warped, fixed).mean()

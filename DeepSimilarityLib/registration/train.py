@@ -65,6 +65,8 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         if supervised:
             wl = warp_image(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
             fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
+        if getattr(loss, "before_warp", False):  # DeepSim comparing warped moving features (DeepSimLoss)
+            return loss.warped_features_loss(moving, fixed, ddf) + lam * regulariser(ddf)
         return loss(warped, fixed, wl, fl) + lam * regulariser(ddf)
 
     net.train()

@@ -203,6 +203,25 @@ def test_strided_feature_net_levels_loss_and_checkpoint(dims, tmp_path):
         FeatureNet(dims, "seg", 3, encoder="resnet")
 
 
+def test_deepsim_before_warp_equals_after_warp_at_zero_and_gradients_reach_only_the_displacement(dims):
+    """Extract before warp: with no displacement it is the usual loss; a displacement that undoes a shift
+    lowers it; the gradient reaches the displacement, and the frozen feature net gets none."""
+    torch.manual_seed(0)
+    shape = shape_of(dims)
+    loss = DeepSimLoss(FeatureNet(dims, "seg", 4), before_warp=True)
+    fixed, moving = blobs(shape), blobs(shape, 2.0)
+    zero = torch.zeros((1, dims) + shape, requires_grad=True)
+    value = loss.warped_features_loss(moving, fixed, zero)
+    assert value.item() == pytest.approx(loss(moving, fixed).item(), abs=1e-6)
+    value.backward()
+    assert zero.grad.abs().sum() > 0 and all(p.grad is None for p in loss.net.parameters())
+    # blobs(shape, s) moves the blob centre by s pixels along the first axis: sampling the moving image
+    # 2 pixels further along that axis brings it back onto the fixed one.
+    undo = torch.zeros((1, dims) + shape)
+    undo[:, 0] = 2.0
+    assert loss.warped_features_loss(moving, fixed, undo).item() < value.item()
+
+
 @pytest.mark.parametrize("name", ["mse", "deepsim-seg"])
 def test_a_few_training_steps_lower_the_loss(name, tmp_path):
     torch.manual_seed(0)
