@@ -9,7 +9,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
-        [--deepsim-before-warp] [--no-augment]
+        [--deepsim-before-warp] [--deepsim-histogram-match] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -57,6 +57,9 @@ def main(argv=None):
     p.add_argument("--deepsim-before-warp", action="store_true",
                    help="DeepSim losses compare the moving image's feature maps warped by the displacement with the "
                         "fixed image's (extract before warp) instead of the features of the warped image")
+    p.add_argument("--deepsim-histogram-match", action="store_true",
+                   help="DeepSim losses map every image onto the hub subject's foreground intensity quantiles "
+                        "before the feature net (which learned from the hub alone)")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
@@ -100,7 +103,8 @@ def main(argv=None):
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
                           factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold,
                           augment=not args.no_augment, feature_intensity=args.feature_intensity,
-                          feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp)
+                          feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp,
+                          histogram_match=args.deepsim_histogram_match)
     return 0
 
 

@@ -35,7 +35,7 @@ from ..errors import InputError
 from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .data import load_brain_volumes
 from .experiment3d import downsampled, feature_nets, score
-from .losses import make_loss
+from .losses import foreground_quantiles, make_loss
 from .network import resize_displacement, warp_image, warp_nearest
 from .report_net3d import merge_3d_net_folds, report_3d_net
 from .train import train_registration
@@ -178,7 +178,7 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
                     augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0,
-                    before_warp: bool = False) -> dict:
+                    before_warp: bool = False, histogram_match: bool = False) -> dict:
     """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
     it on that fold's test and training pairs.
 
@@ -186,12 +186,15 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
     ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
     scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
     Dice, seconds, inference ms. ``before_warp``: a DeepSim loss compares warped moving features
-    (:class:`~.losses.DeepSimLoss`).
+    (:class:`~.losses.DeepSimLoss`); ``histogram_match``: a DeepSim loss maps every image onto the hub's
+    foreground intensity quantiles before its feature net (the net learned from the hub alone).
     """
     train_pairs, test_pairs = fold_pairs(fold)
     loss = make_loss(name, 3, feature_net)
     if before_warp and name.startswith("deepsim"):
         loss.before_warp = True
+    if histogram_match and name.startswith("deepsim"):
+        loss.reference_quantiles = foreground_quantiles(images[fold])
     generator = torch.Generator().manual_seed(seed + 1)
     aug = (lambda m, f: augment_pairs(m, f, generator)) if augment else None
     epochs = max(1, steps // len(train_pairs))
@@ -250,7 +253,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
                           feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, log=print) -> dict:
+                          before_warp: bool = False, histogram_match: bool = False, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -265,7 +268,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     new random pose of the hub (image and labels, :func:`augment_labelled`) at every step;
     ``feature_intensity``: a new random contrast of it (:func:`intensity_transform`), after the pose.
     ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry. ``before_warp``: the
-    DeepSim losses compare warped moving features (:class:`~.losses.DeepSimLoss`).
+    DeepSim losses compare warped moving features (:class:`~.losses.DeepSimLoss`); ``histogram_match``:
+    their inputs are mapped onto the hub's intensity quantiles (:func:`train_and_score`).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -292,6 +296,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
         out["setup"]["feature_encoder"] = feature_encoder
     if before_warp:  # likewise
         out["setup"]["deepsim_before_warp"] = True
+    if histogram_match:  # likewise
+        out["setup"]["deepsim_histogram_match"] = True
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -313,7 +319,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         r = train_and_score(name, images, vols.labels, lam, nets[(mode, fold)] if mode else None, steps, lr,
-                            aug, seed, log, validation, fold, before_warp)
+                            aug, seed, log, validation, fold, before_warp, histogram_match)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "
@@ -340,7 +346,7 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
                           feature_augment: bool = False, fold: int = 0, augment: bool = True,
                           feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, log=print) -> dict:
+                          before_warp: bool = False, histogram_match: bool = False, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -354,7 +360,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
                                    lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
                                    augment=augment, feature_intensity=feature_intensity,
-                                   feature_encoder=feature_encoder, before_warp=before_warp, **kw)
+                                   feature_encoder=feature_encoder, before_warp=before_warp,
+                                   histogram_match=histogram_match, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"

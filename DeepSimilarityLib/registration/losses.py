@@ -43,13 +43,24 @@ class DeepSimLoss(nn.Module):
     (resampled to each level), with the fixed image's (:meth:`warped_features_loss`), instead of
     the features of the warped image: the "extract before warp" variant of the authors' later work.
     Gradients then reach the displacement through the warp alone, never through the feature net.
+
+    ``reference_quantiles``: :func:`foreground_quantiles` of the feature net's training image; each
+    input's foreground intensities are then mapped onto them (:func:`match_histogram`) before the
+    feature net sees it, so that images of other subjects reach it with its training contrast.
     """
 
-    def __init__(self, feature_net: nn.Module, eps: float = 1e-6, before_warp: bool = False):
+    def __init__(self, feature_net: nn.Module, eps: float = 1e-6, before_warp: bool = False,
+                 reference_quantiles: torch.Tensor | None = None):
         super().__init__()
         self.net = feature_net.eval().requires_grad_(False)
         self.eps = eps
         self.before_warp = before_warp
+        self.reference_quantiles = reference_quantiles
+
+    def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.reference_quantiles is not None:
+            x = torch.cat([match_histogram(xi[None], self.reference_quantiles) for xi in x])
+        return self.net.features(x)
 
     def train(self, mode: bool = True):  # the feature net stays in eval mode
         super().train(mode)
@@ -64,20 +75,48 @@ class DeepSimLoss(nn.Module):
 
     def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Mean cosine similarity per batch element, ``(B,)``, in [-1, 1]."""
-        levels = [self._cosine(fa, fb) for fa, fb in zip(self.net.features(a), self.net.features(b))]
+        levels = [self._cosine(fa, fb) for fa, fb in zip(self._maps(a), self._maps(b))]
         return torch.stack(levels, 0).mean(0)
 
     def warped_features_loss(self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
         """``1 - mean_levels mean_pixels cos(warp(F_l(moving), ddf_l), F_l(fixed))``; ``ddf`` ``(B, dims, ...)``
         in voxels of the images' grid, resampled to each level's grid (:func:`~.network.resize_displacement`)."""
         with torch.no_grad():  # the feature net is frozen and neither image depends on the displacement
-            moving_maps, fixed_maps = self.net.features(moving), self.net.features(fixed)
+            moving_maps, fixed_maps = self._maps(moving), self._maps(fixed)
         levels = [self._cosine(warp_image(fm, resize_displacement(ddf, fm.shape[2:])), ff)
                   for fm, ff in zip(moving_maps, fixed_maps)]
         return 1.0 - torch.stack(levels, 0).mean(0).mean()
 
     def forward(self, warped, fixed, warped_labels=None, fixed_labels=None):
         return 1.0 - self.similarity(warped, fixed).mean()
+
+
+def foreground_quantiles(image: torch.Tensor, n: int = 101, threshold: float = 0.01) -> torch.Tensor:
+    """``n`` evenly spaced quantiles ``(n,)`` of the voxels of ``image`` above ``threshold`` (the background
+    of skull-stripped MR in [0, 1] is 0). No gradient."""
+    values = image.detach().flatten()
+    values = values[values > threshold]
+    if values.numel() == 0:
+        raise InputError("image", f"no voxel above {threshold}: nothing to take quantiles of")
+    if values.numel() > 1_000_000:  # torch.quantile's size limit; a regular subsample keeps the distribution
+        values = values[:: values.numel() // 1_000_000 + 1]
+    return torch.quantile(values, torch.linspace(0, 1, n, dtype=values.dtype))
+
+
+def match_histogram(x: torch.Tensor, reference_quantiles: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """Map ``x``'s foreground quantiles onto ``reference_quantiles``, piecewise linearly.
+
+    Background (0 to ``threshold``) stays where it is, so the foreground keeps its voxels. Differentiable
+    in ``x`` (the map's slope); the map itself is taken from ``x`` without gradient. Values above
+    ``x``'s maximum map to the reference maximum.
+    """
+    edge = x.new_tensor([0.0, threshold])
+    xp = torch.cat([edge, foreground_quantiles(x, len(reference_quantiles), threshold)])
+    fp = torch.cat([edge, reference_quantiles.to(x.dtype)])
+    i = torch.searchsorted(xp.contiguous(), x.detach().contiguous(), right=True).clamp(1, len(xp) - 1)
+    x0, x1, y0, y1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    t = ((x - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return y0 + t * (y1 - y0)
 
 
 def mind_ssc(x: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:

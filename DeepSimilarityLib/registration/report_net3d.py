@@ -104,6 +104,8 @@ POSED = " in a new random pose (flip + small affine, labels nearest) at every st
 STRIDED = ", the paper's encoder (stride-2 stages, no normalisation; levels at 1/2, 1/4, 1/8)"
 BEFORE_WARP = ("; DeepSim trained on the moving image's feature maps warped by the displacement (extract "
                "before warp)")
+HISTOGRAM_MATCHED = ("; every DeepSim input mapped onto the hub subject's foreground intensity quantiles "
+                     "before the feature net")
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
               "MONAI transforms)")
 
@@ -169,7 +171,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}"
               f"{CONTRASTED if s.get('feature_intensity') else ''}"
               f"{STRIDED if s.get('feature_encoder') == 'strided' else ''}"
-              f"{BEFORE_WARP if s.get('deepsim_before_warp') else ''}. "
+              f"{BEFORE_WARP if s.get('deepsim_before_warp') else ''}"
+              f"{HISTOGRAM_MATCHED if s.get('deepsim_histogram_match') else ''}. "
               f"Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "

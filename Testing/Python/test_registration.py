@@ -11,7 +11,7 @@ from DeepSimilarityLib.registration import (LOSSES, DeepSimLoss, FeatureNet, Reg
                                             train_registration)
 from DeepSimilarityLib.registration.checkpoint import save_checkpoint
 from DeepSimilarityLib.registration.evaluate import dice_scores, mean_dice
-from DeepSimilarityLib.registration.losses import CROSS_MODALITY
+from DeepSimilarityLib.registration.losses import CROSS_MODALITY, foreground_quantiles, match_histogram
 from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_image, warp_labels, warp_nearest
 
 torch.set_num_threads(1)
@@ -220,6 +220,24 @@ def test_deepsim_before_warp_equals_after_warp_at_zero_and_gradients_reach_only_
     undo = torch.zeros((1, dims) + shape)
     undo[:, 0] = 2.0
     assert loss.warped_features_loss(moving, fixed, undo).item() < value.item()
+
+
+def test_histogram_matching_maps_quantiles_keeps_background_and_passes_gradients():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 24, 24, 24) ** 2 * 0.6
+    x[..., :6] = 0.0  # background
+    reference = torch.rand(1, 1, 24, 24, 24) ** 0.5
+    q = foreground_quantiles(reference)
+    y = match_histogram(x.requires_grad_(True), q)
+    assert torch.all(y[..., :6] == 0)
+    assert torch.allclose(foreground_quantiles(y), q, atol=2e-3)  # the reference's distribution
+    assert torch.allclose(match_histogram(reference, q), reference, atol=1e-5)  # its own quantiles: identity
+    y.sum().backward()
+    assert x.grad[..., 6:].abs().min() > 0  # the map is increasing: every foreground voxel gets a gradient
+    loss = DeepSimLoss(FeatureNet(3, "seg", 3), reference_quantiles=q)
+    assert loss(x.detach(), x.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(InputError, match="no voxel above"):
+        foreground_quantiles(torch.zeros(1, 1, 4, 4))
 
 
 @pytest.mark.parametrize("name", ["mse", "deepsim-seg"])
