@@ -10,6 +10,10 @@ import slicer
 
 from DeepSimilarityDependencies import ensure_dependencies
 
+# 'deepsim train features --dims 3' default (FEATURE_EPOCHS[3] of the library's command line, which this
+# module does not import at load time): one epoch is one step on the whole volume.
+VOLUME_3D_EPOCHS = 120
+
 # Training inputs: (label widget, input widget) -> the model kinds that use them.
 TRAINING_ROWS = {
     ("trainCtVolumeLabel", "trainCtVolumeSelector"): ("similarity",),
@@ -38,6 +42,7 @@ class NetworksPanel:
         self.ui.loadShippedButton.connect("clicked(bool)", self.onLoadShippedButton)
         self.ui.loadWeightsButton.connect("clicked(bool)", self.onLoadWeightsButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.trainVolume3DCheckBox.connect("toggled(bool)", self.onVolume3DToggled)
         self.ui.manifestTextBrowser.setReadOnly(True)
 
     def showKind(self, kind) -> None:
@@ -79,6 +84,13 @@ class NetworksPanel:
             path = self.logic.load_network_file(self._kind, self.ui.weightsPathLineEdit.currentPath)
             self.ui.manifestTextBrowser.setPlainText(f"{path}\n(your own file: no manifest entry)")
             self.showCurrent()
+
+    def onVolume3DToggled(self, checked) -> None:
+        """A 3D feature net's epoch is one step on the volume: raise a slice-sized epoch count to the
+        command line's 3D default, which a user would otherwise have to know."""
+        p = self.widget._parameterNode
+        if checked and p is not None and p.epochs < VOLUME_3D_EPOCHS:
+            p.epochs = VOLUME_3D_EPOCHS
 
     def onTrainButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not start the training."):

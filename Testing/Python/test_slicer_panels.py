@@ -606,6 +606,23 @@ def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
     assert ui.bitsSpinBox.visible and ui.trainCsvPathLineEdit.visible and not ui.pairsSpinBox.visible
     panel.showKind("similarity")
     assert ui.pairsSpinBox.visible and ui.trainCtVolumeSelector.visible and not ui.epochsSpinBox.visible
+    panel.showKind("registration")
+    assert ui.trainVolumesSelector.visible and not ui.trainVolume3DCheckBox.visible
+    panel.showKind("deepsim")
+    assert ui.trainVolume3DCheckBox.visible and not ui.trainVolumesSelector.visible
+    # Checking 'Whole volume (3D)' raises a slice-sized epoch count to the command line's 3D default, and
+    # leaves a larger one, or an unchecking, alone.
+    from DeepSimilarityLib.cli.train_registration import FEATURE_EPOCHS
+
+    assert panels.VOLUME_3D_EPOCHS == FEATURE_EPOCHS[3]
+    widget._parameterNode = types.SimpleNamespace(epochs=10)
+    ui.trainVolume3DCheckBox.slot(True)
+    assert widget._parameterNode.epochs == FEATURE_EPOCHS[3]
+    widget._parameterNode.epochs = 300
+    ui.trainVolume3DCheckBox.slot(True)
+    ui.trainVolume3DCheckBox.slot(False)
+    assert widget._parameterNode.epochs == 300
+    panel.showKind("similarity")
     panel.onLoadShippedButton()
     assert widget.logic.networks["similarity"].endswith("ctmr_similarity.pt")
     assert ui.currentNetworkLabel.text == "ctmr_similarity.pt"
