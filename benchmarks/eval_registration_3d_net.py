@@ -9,7 +9,8 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
-        [--deepsim-before-warp] [--deepsim-histogram-match] [--no-augment]
+        [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
+        [--feature-dropout 0.2] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -60,6 +61,9 @@ def main(argv=None):
     p.add_argument("--deepsim-histogram-match", action="store_true",
                    help="DeepSim losses map every image onto the hub subject's foreground intensity quantiles "
                         "before the feature net (which learned from the hub alone)")
+    p.add_argument("--feature-channels", default="16,32,32", help="DeepSim feature-net channels per level")
+    p.add_argument("--feature-dropout", type=float, default=0.0,
+                   help="dropout after every feature-net convolution while it trains (default 0)")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
@@ -104,7 +108,9 @@ def main(argv=None):
                           factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold,
                           augment=not args.no_augment, feature_intensity=args.feature_intensity,
                           feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp,
-                          histogram_match=args.deepsim_histogram_match)
+                          histogram_match=args.deepsim_histogram_match,
+                          feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
+                          feature_dropout=args.feature_dropout)
     return 0
 
 

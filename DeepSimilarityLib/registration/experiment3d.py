@@ -54,11 +54,12 @@ def strided_labels(vols, subject: int, factor: int) -> torch.Tensor:
 
 
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
-                 subjects=None, augment=None, encoder: str = "pooled") -> tuple[dict, dict]:
+                 subjects=None, augment=None, encoder: str = "pooled", channels=(16, 32, 32),
+                 dropout: float = 0.0) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
-    ``augment``, ``encoder``: passed to :func:`~.feature_net.train_feature_net`.
+    ``augment``, ``encoder``, ``channels``, ``dropout``: passed to :func:`~.feature_net.train_feature_net`.
     """
     nets, info = {}, {}
     for mode in modes:
@@ -66,7 +67,8 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
             labels = strided_labels(vols, s, factor)
             # One volume: an "epoch" is one full-volume step.
             net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,
-                                          batch_size=1, lr=lr, seed=seed, augment=augment, encoder=encoder)
+                                          batch_size=1, lr=lr, seed=seed, augment=augment, encoder=encoder,
+                                          channels=channels, dropout=dropout)
             nets[(mode, s)] = net
             info[f"{mode}:{vols.names[s]}"] = {"seconds": hist["seconds"], "first_loss": hist["loss"][0],
                                                "final_loss": hist["loss"][-1]}

@@ -253,7 +253,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
                           feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, histogram_match: bool = False, log=print) -> dict:
+                          before_warp: bool = False, histogram_match: bool = False, feature_channels=(16, 32, 32),
+                          feature_dropout: float = 0.0, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -270,6 +271,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry. ``before_warp``: the
     DeepSim losses compare warped moving features (:class:`~.losses.DeepSimLoss`); ``histogram_match``:
     their inputs are mapped onto the hub's intensity quantiles (:func:`train_and_score`).
+    ``feature_channels``, ``feature_dropout``: the feature nets' width per level and training dropout.
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -298,6 +300,10 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
         out["setup"]["deepsim_before_warp"] = True
     if histogram_match:  # likewise
         out["setup"]["deepsim_histogram_match"] = True
+    if list(feature_channels) != [16, 32, 32]:  # likewise
+        out["setup"]["feature_channels"] = list(feature_channels)
+    if feature_dropout:  # likewise
+        out["setup"]["feature_dropout"] = feature_dropout
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -311,7 +317,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
 
     nets, out["setup"]["feature_nets"] = feature_nets(
         vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=(fold,),
-        augment=feature_augmentation if feature_augment or feature_intensity else None, encoder=feature_encoder)
+        augment=feature_augmentation if feature_augment or feature_intensity else None, encoder=feature_encoder,
+        channels=tuple(feature_channels), dropout=feature_dropout)
 
     validation = (synthetic_validation(images[fold:fold + 1], vols.labels[fold], seed=seed)
                   if len(lambda_factors) > 1 else [])
@@ -346,7 +353,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
                           feature_augment: bool = False, fold: int = 0, augment: bool = True,
                           feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, histogram_match: bool = False, log=print) -> dict:
+                          before_warp: bool = False, histogram_match: bool = False, feature_channels=(16, 32, 32),
+                          feature_dropout: float = 0.0, log=print) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
@@ -361,7 +369,8 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
                                    lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
                                    augment=augment, feature_intensity=feature_intensity,
                                    feature_encoder=feature_encoder, before_warp=before_warp,
-                                   histogram_match=histogram_match, **kw)
+                                   histogram_match=histogram_match, feature_channels=feature_channels,
+                                   feature_dropout=feature_dropout, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"

@@ -32,9 +32,10 @@ MODES = ("seg", "ae")
 ENCODERS = ("pooled", "strided")
 
 
-def _block(dims: int, c_in: int, c_out: int, norm="instance", stride: int = 1) -> nn.Sequential:
-    """Two convolutions with LeakyReLU (MONAI ``Convolution`` blocks), the first 4x4 stride 2 if ``stride`` is 2."""
-    conv = dict(spatial_dims=dims, act=("leakyrelu", {"negative_slope": 0.2}), norm=norm)
+def _block(dims: int, c_in: int, c_out: int, norm="instance", stride: int = 1, dropout: float = 0.0) -> nn.Sequential:
+    """Two convolutions with LeakyReLU (MONAI ``Convolution`` blocks), the first 4x4 stride 2 if ``stride`` is 2;
+    ``dropout`` after each (training only)."""
+    conv = dict(spatial_dims=dims, act=("leakyrelu", {"negative_slope": 0.2}), norm=norm, dropout=dropout or None)
     first = dict(kernel_size=4, strides=2, padding=1) if stride == 2 else dict(kernel_size=3)
     return nn.Sequential(Convolution(in_channels=c_in, out_channels=c_out, **first, **conv),
                          Convolution(in_channels=c_out, out_channels=c_out, kernel_size=3, **conv))
@@ -50,12 +51,14 @@ class FeatureNet(nn.Module):
         channels: channels per encoder level; level ``i`` runs at ``1/2**i`` resolution (``pooled``)
             or ``1/2**(i+1)`` (``strided``).
         encoder: one of :data:`ENCODERS`.
+        dropout: dropout rate after every convolution while training (the paper's segmentation net
+            uses dropout); 0 for none.
     Inputs ``(B, 1, H, W[, D])`` with sizes divisible by ``2**(levels-1)`` (``pooled``) or
     ``2**levels`` (``strided``).
     """
 
     def __init__(self, spatial_dims: int = 2, mode: str = "seg", out_channels: int = 2, channels=(16, 32, 32),
-                 encoder: str = "pooled"):
+                 encoder: str = "pooled", dropout: float = 0.0):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise InputError("spatial_dims", f"must be 2 or 3, not {spatial_dims!r}")
@@ -63,17 +66,19 @@ class FeatureNet(nn.Module):
             raise InputError("mode", f"must be one of {MODES}, not {mode!r}")
         if encoder not in ENCODERS:
             raise InputError("encoder", f"must be one of {ENCODERS}, not {encoder!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise InputError("dropout", f"must be in [0, 1), not {dropout!r}")
         self.config = dict(spatial_dims=spatial_dims, mode=mode, out_channels=int(out_channels) if mode == "seg" else 1,
-                           channels=[int(c) for c in channels], encoder=encoder)
+                           channels=[int(c) for c in channels], encoder=encoder, dropout=float(dropout))
         self.dims, self.mode, self.strided, ch = spatial_dims, mode, encoder == "strided", self.config["channels"]
         norm, stride = (None, 2) if self.strided else ("instance", 1)
-        self.encoder = nn.ModuleList(_block(spatial_dims, 1 if i == 0 else ch[i - 1], ch[i], norm, stride)
+        self.encoder = nn.ModuleList(_block(spatial_dims, 1 if i == 0 else ch[i - 1], ch[i], norm, stride, dropout)
                                      for i in range(len(ch)))
         skip = mode == "seg"
         # The strided encoder has one more upsampling step, back to the input, whose skip is the image itself.
         up = [(ch[i + 1], ch[i], ch[i]) for i in reversed(range(len(ch) - 1))]  # (deep in, skip in, out)
         up += [(ch[0], 1, ch[0])] if self.strided else []
-        self.decoder = nn.ModuleList(_block(spatial_dims, c_deep + (c_skip if skip else 0), c_out, norm)
+        self.decoder = nn.ModuleList(_block(spatial_dims, c_deep + (c_skip if skip else 0), c_out, norm, 1, dropout)
                                      for c_deep, c_skip, c_out in up)
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.head = conv(ch[0], self.config["out_channels"], kernel_size=1)
@@ -101,7 +106,8 @@ class FeatureNet(nn.Module):
 
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
                       epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
-                      on_epoch=None, should_stop=None, augment=None, encoder: str = "pooled") -> tuple[FeatureNet, dict]:
+                      on_epoch=None, should_stop=None, augment=None, encoder: str = "pooled",
+                      dropout: float = 0.0) -> tuple[FeatureNet, dict]:
     """Train a :class:`FeatureNet` on ``images`` ``(N, 1, H, W[, D])`` in [0, 1].
 
     ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). ``augment(images, labels) ->
@@ -119,11 +125,11 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, 
             raise InputError("labels", "segmentation features need one label map per image, shaped like the images")
         if int(labels.max()) < 1:
             raise InputError("labels", "label maps are empty (only background)")
-        net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels, encoder)
+        net = FeatureNet(dims, "seg", int(labels.max()) + 1, channels, encoder, dropout)
         criterion = DiceCELoss(to_onehot_y=True, softmax=True)
         target = labels[:, None].long()
     else:
-        net = FeatureNet(dims, "ae", 1, channels, encoder)
+        net = FeatureNet(dims, "ae", 1, channels, encoder, dropout)
         target = None
 
     def loss_fn(idx):

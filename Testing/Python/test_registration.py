@@ -203,6 +203,22 @@ def test_strided_feature_net_levels_loss_and_checkpoint(dims, tmp_path):
         FeatureNet(dims, "seg", 3, encoder="resnet")
 
 
+def test_feature_net_dropout_acts_in_training_only_and_is_kept_in_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = FeatureNet(3, "seg", 3, channels=(8, 16, 16), dropout=0.5)
+    a = blobs((16, 16, 16))
+    net.train()
+    assert not torch.equal(net.features(a)[0], net.features(a)[0])  # a new mask per call
+    net.eval()
+    assert torch.equal(net.features(a)[0], net.features(a)[0])
+    again = load_feature_net(save_feature_net(net, tmp_path / "d.pt"))
+    assert again.config["dropout"] == 0.5 and torch.equal(again.features(a)[1], net.features(a)[1])
+    # Without dropout the layers are those of nets saved before the option: same parameter names.
+    assert set(FeatureNet(3, "seg", 3).state_dict()) == set(FeatureNet(3, "seg", 3, dropout=0.2).state_dict())
+    with pytest.raises(InputError, match="dropout"):
+        FeatureNet(3, "seg", 3, dropout=1.0)
+
+
 def test_deepsim_before_warp_equals_after_warp_at_zero_and_gradients_reach_only_the_displacement(dims):
     """Extract before warp: with no displacement it is the usual loss; a displacement that undoes a shift
     lowers it; the gradient reaches the displacement, and the frozen feature net gets none."""

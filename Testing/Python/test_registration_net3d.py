@@ -326,11 +326,13 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     base = ["--out-dir", str(tmp_path), "--instance", str(tmp_path / "none.json")]
     assert script.main(base) == 0
     assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
-                               "--feature-encoder", "strided", "--deepsim-before-warp"]) == 0
+                               "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
+                               "--feature-channels", "32,64,64", "--feature-dropout", "0.2"]) == 0
     (_, default), (_, switched) = calls
-    keys = ("feature_augment", "fold", "augment", "feature_intensity", "feature_encoder", "before_warp")
-    assert tuple(default[k] for k in keys) == (False, 0, True, False, "pooled", False)
-    assert tuple(switched[k] for k in keys) == (True, 2, False, True, "strided", True)
+    keys = ("feature_augment", "fold", "augment", "feature_intensity", "feature_encoder", "before_warp",
+            "histogram_match", "feature_channels", "feature_dropout")
+    assert tuple(default[k] for k in keys) == (False, 0, True, False, "pooled", False, False, (16, 32, 32), 0.0)
+    assert tuple(switched[k] for k in keys) == (True, 2, False, True, "strided", True, True, (32, 64, 64), 0.2)
 
 
 def test_label_lines_count_where_deepsim_wins():
