@@ -351,26 +351,20 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
 def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                           steps: int = 1000, instance: dict | None = None, ablation=("mse",), feature_steps: int = 120,
                           stem: str = "registration_3d_net", lambda_factors=(1.0,), lambda_rule: str = "validation",
-                          feature_augment: bool = False, fold: int = 0, augment: bool = True,
-                          feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, histogram_match: bool = False, feature_channels=(16, 32, 32),
-                          feature_dropout: float = 0.0, log=print) -> dict:
+                          log=print, **options) -> dict:
     """:func:`run_net_comparison_3d` and ``registration_3d_net.{json,md,png}`` (``_quick`` when ``quick``).
 
     ``instance``: the instance benchmark's result; its lambdas are used (times ``lambda_factors``) and
     its Dice on the same test pairs is tabled beside the networks'. ``quick``: 16 steps, 5 feature
-    steps, no ablation (smoke run). Writes ``{stem}.{json,md,png}``.
+    steps, no ablation (smoke run). ``options``: the other keywords of :func:`run_net_comparison_3d`
+    (fold, augmentation, the feature-net and DeepSim variants), passed on. Writes ``{stem}.{json,md,png}``.
     """
     t0 = time.perf_counter()
     lambdas = {n: r["lambda"] for n, r in instance["losses"].items()} if instance else None
     kw = dict(steps=16, feature_steps=5, ablation=()) if quick else dict(steps=steps, ablation=tuple(ablation),
                                                                          feature_steps=feature_steps)
     result = run_net_comparison_3d(list(losses), lambdas=lambdas, lambda_factors=tuple(lambda_factors),
-                                   lambda_rule=lambda_rule, feature_augment=feature_augment, fold=fold, log=log,
-                                   augment=augment, feature_intensity=feature_intensity,
-                                   feature_encoder=feature_encoder, before_warp=before_warp,
-                                   histogram_match=histogram_match, feature_channels=feature_channels,
-                                   feature_dropout=feature_dropout, **kw)
+                                   lambda_rule=lambda_rule, log=log, **options, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     s["lambda_source"] = instance.get("source", "the instance benchmark JSON") if instance else "0.25 x LAMBDA_CENTRE"
