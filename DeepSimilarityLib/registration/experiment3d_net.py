@@ -292,18 +292,15 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "seed": seed, "feature_training": f"the {vols.names[fold]} subject only", "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": feature_augment}, "losses": {}}
-    if feature_intensity:  # only when on, so that earlier runs still merge with runs without it
-        out["setup"]["feature_intensity"] = True
-    if feature_encoder != "pooled":  # likewise
-        out["setup"]["feature_encoder"] = feature_encoder
-    if before_warp:  # likewise
-        out["setup"]["deepsim_before_warp"] = True
-    if histogram_match:  # likewise
-        out["setup"]["deepsim_histogram_match"] = True
-    if list(feature_channels) != [16, 32, 32]:  # likewise
-        out["setup"]["feature_channels"] = list(feature_channels)
-    if feature_dropout:  # likewise
-        out["setup"]["feature_dropout"] = feature_dropout
+    # Variant keys only when they differ from their default, so that earlier runs still merge with new ones.
+    for key, value, default in (("feature_intensity", feature_intensity, False),
+                                ("feature_encoder", feature_encoder, "pooled"),
+                                ("deepsim_before_warp", before_warp, False),
+                                ("deepsim_histogram_match", histogram_match, False),
+                                ("feature_channels", list(feature_channels), [16, 32, 32]),
+                                ("feature_dropout", feature_dropout, 0.0)):
+        if value != default:
+            out["setup"][key] = value
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}

@@ -60,13 +60,14 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         if augment is not None:
             with torch.no_grad():
                 moving, fixed = augment(moving, fixed)
+        if getattr(loss, "before_warp", False):  # DeepSim warps the moving features, not the image (DeepSimLoss)
+            ddf = net.displacement(moving, fixed)
+            return loss.warped_features_loss(moving, fixed, ddf) + lam * regulariser(ddf)
         warped, ddf = net(moving, fixed)
         wl = fl = None
         if supervised:
             wl = warp_image(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
             fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
-        if getattr(loss, "before_warp", False):  # DeepSim comparing warped moving features (DeepSimLoss)
-            return loss.warped_features_loss(moving, fixed, ddf) + lam * regulariser(ddf)
         return loss(warped, fixed, wl, fl) + lam * regulariser(ddf)
 
     net.train()
