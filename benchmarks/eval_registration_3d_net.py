@@ -64,6 +64,8 @@ def main(argv=None):
     p.add_argument("--feature-channels", default="16,32,32", help="DeepSim feature-net channels per level")
     p.add_argument("--feature-dropout", type=float, default=0.0,
                    help="dropout after every feature-net convolution while it trains (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--lambda-factors", default="1",
@@ -105,7 +107,7 @@ def main(argv=None):
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold,
+                          factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold, seed=args.seed,
                           augment=not args.no_augment, feature_intensity=args.feature_intensity,
                           feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp,
                           histogram_match=args.deepsim_histogram_match,

@@ -86,7 +86,7 @@ def run_train_registration(args):
     import torch
 
     from ..registration.data import load_brain_volumes, slice_pairs, stack_pairs
-    from ..registration.experiment3d_net import augment_pairs
+    from ..registration.augmentation import augment_pairs
     from ..registration.feature_net import load_feature_net
     from ..registration.losses import make_loss
     from ..registration.network import save_registration_net

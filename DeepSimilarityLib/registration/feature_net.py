@@ -112,7 +112,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, 
 
     ``labels`` ``(N, H, W[, D])`` integer ids 0..K (``seg`` only). ``augment(images, labels) ->
     (images, labels)`` transforms every batch ``(B, 1, ...)`` (labels ``(B, 1, ...)`` or None)
-    before the net sees it, e.g. :func:`~.experiment3d_net.augment_labelled`. Returns the frozen
+    before the net sees it, e.g. :func:`~.augmentation.augment_labelled`. Returns the frozen
     net in eval mode and a history dict (loss per epoch, seconds).
     """
     if images.ndim not in (4, 5) or images.shape[1] != 1:

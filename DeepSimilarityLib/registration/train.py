@@ -28,7 +28,7 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         seed: seeds the initial weights and the pair order (deterministic on one thread).
         augment: ``augment(moving, fixed) -> (moving, fixed)`` applied to every batch ``(B, 1, ...)``
             before the net sees it, e.g. one random spatial transform for both images of a pair
-            (:func:`~.experiment3d_net.augment_pairs`); images only, so not with a label loss.
+            (:func:`~.augmentation.augment_pairs`); images only, so not with a label loss.
         on_epoch: called with the fraction of epochs done; ``should_stop``: polled every step,
             raises :class:`~DeepSimilarityLib.ctmr.sdae.TrainingCancelled`.
     Returns the net in eval mode and ``{"loss": [per epoch], "seconds": ...}``.

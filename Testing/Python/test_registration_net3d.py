@@ -6,6 +6,7 @@ import torch
 
 from conftest import require_data
 from DeepSimilarityLib.errors import InputError
+from DeepSimilarityLib.registration import augmentation
 from DeepSimilarityLib.registration import experiment3d_net as net3d
 from DeepSimilarityLib.registration import report_net3d as rep
 from DeepSimilarityLib.registration.losses import make_loss
@@ -23,12 +24,12 @@ def blob(shape, centre, sigma=3.0):
 def test_augmentation_is_one_transform_for_both_images():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 16, 12, 8)
-    m, f = net3d.augment_pairs(x, x.clone(), g)
+    m, f = augmentation.augment_pairs(x, x.clone(), g)
     assert m.shape == f.shape == x.shape
     assert torch.equal(m, f)  # the same image in both slots stays the same image: one transform per sample
     assert not torch.allclose(m, x, atol=1e-3)  # ... and it does transform
     # Without rotation/scale/shift only the flip is left: each sample is the input or its left-right mirror.
-    m, _ = net3d.augment_pairs(x, x, torch.Generator().manual_seed(1), angle=0, scale=0, shift=0)
+    m, _ = augmentation.augment_pairs(x, x, torch.Generator().manual_seed(1), angle=0, scale=0, shift=0)
     flipped = [torch.allclose(m[i], x[i].flip(3), atol=1e-5) for i in range(4)]
     kept = [torch.allclose(m[i], x[i], atol=1e-5) for i in range(4)]
     assert all(a != b for a, b in zip(flipped, kept)) and any(flipped)
@@ -37,9 +38,9 @@ def test_augmentation_is_one_transform_for_both_images():
 def test_augmentation_bad_input():
     g = torch.Generator()
     with pytest.raises(InputError):
-        net3d.augment_pairs(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 4), g)
+        augmentation.augment_pairs(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 4), g)
     with pytest.raises(InputError, match="flip_axis"):
-        net3d.augment_pairs(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), g)  # default axis 4 is not 2D
+        augmentation.augment_pairs(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), g)  # default axis 4 is not 2D
 
 
 def test_labelled_augmentation_moves_labels_with_the_image():
@@ -47,15 +48,15 @@ def test_labelled_augmentation_moves_labels_with_the_image():
     labels[:, :, 4:12, 3:9, 2:7] = 1
     labels[:, :, 12:17, 8:14, 5:11] = 2
     image = labels.float() / 2
-    x, y = net3d.augment_labelled(image, labels, torch.Generator().manual_seed(0))
+    x, y = augmentation.augment_labelled(image, labels, torch.Generator().manual_seed(0))
     assert x.shape == image.shape and y.shape == labels.shape and y.dtype == torch.long
     assert set(y.unique().tolist()) <= {0, 1, 2}
     assert not torch.equal(y, labels)  # a new pose ...
     assert (torch.round(2 * x).long() == y).float().mean() > 0.9  # ... the same for the labels as for the image
-    image_only, none = net3d.augment_labelled(image, None, torch.Generator().manual_seed(0))
+    image_only, none = augmentation.augment_labelled(image, None, torch.Generator().manual_seed(0))
     assert none is None and torch.equal(image_only, x)  # labels do not change the image's pose
     with pytest.raises(InputError, match="labels"):
-        net3d.augment_labelled(image, labels[:, :, :8], torch.Generator())
+        augmentation.augment_labelled(image, labels[:, :, :8], torch.Generator())
 
 
 def test_intensity_augmentation_changes_contrast_not_anatomy():
@@ -63,7 +64,7 @@ def test_intensity_augmentation_changes_contrast_not_anatomy():
     labels[:, :, 4:12, 3:9, 2:7] = 1
     labels[:, :, 12:17, 8:14, 5:11] = 2
     image = 0.2 + labels.float() / 4
-    x, y = net3d.augment_intensity(image, labels, net3d.intensity_transform(0))
+    x, y = augmentation.augment_intensity(image, labels, augmentation.intensity_transform(0))
     assert x.shape == image.shape and x.dtype == torch.float32 and type(x) is torch.Tensor
     assert y is labels  # labels pass untouched: only the contrast changes
     assert not torch.allclose(x, image, atol=0.02)
@@ -71,10 +72,10 @@ def test_intensity_augmentation_changes_contrast_not_anatomy():
     for b in range(2):
         means = [float(x[b][labels[b] == k].mean()) for k in range(3)]
         assert means[0] < means[1] < means[2]
-    again, _ = net3d.augment_intensity(image, labels, net3d.intensity_transform(0))
+    again, _ = augmentation.augment_intensity(image, labels, augmentation.intensity_transform(0))
     assert torch.equal(again, x)  # seeded
     with pytest.raises(InputError, match="images"):
-        net3d.augment_intensity(image[:, 0], labels, net3d.intensity_transform(0))
+        augmentation.augment_intensity(image[:, 0], labels, augmentation.intensity_transform(0))
 
 
 def test_feature_net_training_passes_every_batch_through_augment():
@@ -182,7 +183,7 @@ def test_left_right_axis_of_the_real_volumes():
     x = downsampled(vols, 4)[1][0, 0].numpy()
     corr = {axis: np.corrcoef(x.ravel(), np.flip(x, axis - 2).ravel())[0, 1] for axis in (2, 3, 4)}
     # A brain is mirror-symmetric left-right only: the flip augmentation must use that axis.
-    assert max(corr, key=corr.get) == net3d.LR_AXIS and corr[net3d.LR_AXIS] > 0.9
+    assert max(corr, key=corr.get) == augmentation.LR_AXIS and corr[augmentation.LR_AXIS] > 0.9
     assert vols.names[1:] == ["OASIS_OAS1_0001_MR1", "OASIS_OAS1_0002_MR1"] and vols.names[0] == "vxm"
 
 
