@@ -10,7 +10,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
-        [--feature-dropout 0.2] [--no-augment]
+        [--feature-dropout 0.2] [--feature-ensemble 3] [--seed 0] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -35,7 +35,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv=None):
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
-    from DeepSimilarityLib.registration.experiment3d_net import run_and_report_3d_net
+    from DeepSimilarityLib.registration.experiment3d_net import DeepSimVariant, run_and_report_3d_net
     from DeepSimilarityLib.registration.report_net3d import merge_3d_net_folds, merge_3d_net_results, report_3d_net
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,6 +64,8 @@ def main(argv=None):
     p.add_argument("--feature-channels", default="16,32,32", help="DeepSim feature-net channels per level")
     p.add_argument("--feature-dropout", type=float, default=0.0,
                    help="dropout after every feature-net convolution while it trains (default 0)")
+    p.add_argument("--feature-ensemble", type=int, default=1,
+                   help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
     p.add_argument("--no-augment", action="store_true",
@@ -105,14 +107,15 @@ def main(argv=None):
     if instance is None:
         print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    variant = DeepSimVariant(
+        feature_augment=args.feature_augment, feature_intensity=args.feature_intensity,
+        feature_encoder=args.feature_encoder, feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
+        feature_dropout=args.feature_dropout, feature_ensemble=args.feature_ensemble,
+        deepsim_before_warp=args.deepsim_before_warp, deepsim_histogram_match=args.deepsim_histogram_match)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, feature_augment=args.feature_augment, fold=args.fold, seed=args.seed,
-                          augment=not args.no_augment, feature_intensity=args.feature_intensity,
-                          feature_encoder=args.feature_encoder, before_warp=args.deepsim_before_warp,
-                          histogram_match=args.deepsim_histogram_match,
-                          feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
-                          feature_dropout=args.feature_dropout)
+                          factors, args.lambda_rule, fold=args.fold, seed=args.seed, augment=not args.no_augment,
+                          variant=variant)
     return 0
 
 

@@ -25,17 +25,19 @@ Protocol (the network counterpart of the instance optimisation in :mod:`.experim
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .augmentation import augment_intensity, augment_labelled, augment_pairs, intensity_transform
+from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .data import load_brain_volumes
 from .experiment3d import downsampled, feature_nets, score
-from .losses import foreground_quantiles, make_loss
+from .feature_net import ENCODERS, FeatureEnsemble
+from .losses import DeepSimLoss, foreground_quantiles, make_loss
 from .network import resize_displacement, warp_image, warp_nearest
 from .report_net3d import merge_3d_net_folds, report_3d_net
 from .train import train_registration
@@ -59,6 +61,69 @@ def fold_pairs(fold: int) -> tuple[tuple, tuple]:
 # What the single-level 3D instance benchmark's folding rule chose for every loss
 # (registration_3d_1level.json, "lambda").
 INSTANCE_LAMBDA = {name: 0.25 * LAMBDA_CENTRE[name] for name in INSTANCE_LOSSES}
+
+
+@dataclass(frozen=True)
+class DeepSimVariant:
+    """How the hub's DeepSim feature nets are trained and compared; the defaults are the protocol's.
+
+    A result's setup records each field that differs from its default under the field's name
+    (:meth:`changed`), so runs made before a field existed still merge with new default runs.
+    """
+
+    feature_augment: bool = False  # a new random pose of the hub (image + labels, augment_labelled) every step
+    feature_intensity: bool = False  # a new random contrast of it (intensity_transform), after the pose
+    feature_encoder: str = "pooled"  # one of feature_net.ENCODERS
+    feature_channels: tuple = (16, 32, 32)
+    feature_dropout: float = 0.0  # while the feature nets train
+    feature_ensemble: int = 1  # nets from seeds seed, seed + 1, ...; DeepSim averages over them (FeatureEnsemble)
+    deepsim_before_warp: bool = False  # compare the warped moving image's feature maps (DeepSimLoss.before_warp)
+    deepsim_histogram_match: bool = False  # map every DeepSim input onto the hub's foreground intensity quantiles
+
+    def __post_init__(self):
+        if self.feature_encoder not in ENCODERS:
+            raise InputError("feature_encoder", f"must be one of {ENCODERS}, not {self.feature_encoder!r}")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise InputError("feature_dropout", f"must be in [0, 1), not {self.feature_dropout!r}")
+        if int(self.feature_ensemble) != self.feature_ensemble or self.feature_ensemble < 1:
+            raise InputError("feature_ensemble", f"must be a whole number >= 1, not {self.feature_ensemble!r}")
+        object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
+
+    def changed(self) -> dict:
+        """``{field: value}`` for the fields that differ from their defaults (tuples as lists, as in JSON)."""
+        out = {}
+        for f, value in zip(fields(self), asdict(self).values()):
+            if value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def loss(self, name: str, feature_net, hub_image: torch.Tensor):
+        """The DeepSim loss ``name`` with these options; ``hub_image`` ``(1, ...)`` is the feature nets' subject."""
+        make_loss(name, 3, feature_net)  # its checks: a feature net of the loss's mode and dimension
+        quantiles = foreground_quantiles(hub_image) if self.deepsim_histogram_match else None
+        return DeepSimLoss(feature_net, before_warp=self.deepsim_before_warp, reference_quantiles=quantiles)
+
+    def feature_nets(self, vols, images: list, modes, steps: int, lr: float, factor: int, seed: int, hub: int,
+                     log=print) -> tuple[dict, dict]:
+        """``({mode: net}, {name: training info})``: the hub's feature net per DeepSim mode, a
+        :class:`~.feature_net.FeatureEnsemble` of ``feature_ensemble`` nets when that is above 1.
+        ``images``: the subjects' ``(1, 1, ...)`` network-grid images."""
+        pose, contrast = torch.Generator().manual_seed(seed + 2), intensity_transform(seed + 3)
+
+        def augment(x, y):
+            x, y = augment_labelled(x, y, pose) if self.feature_augment else (x, y)
+            return augment_intensity(x, y, contrast) if self.feature_intensity else (x, y)
+
+        nets, info = {}, {}
+        for k in range(self.feature_ensemble):
+            trained, trained_info = feature_nets(
+                vols, images, modes, steps, lr, factor, seed + k, log, subjects=(hub,),
+                augment=augment if self.feature_augment or self.feature_intensity else None,
+                encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout)
+            for mode in modes:
+                nets.setdefault(mode, []).append(trained[(mode, hub)])
+            info.update({name + (f":seed{seed + k}" if k else ""): v for name, v in trained_info.items()})
+        return {mode: ns[0] if len(ns) == 1 else FeatureEnsemble(ns) for mode, ns in nets.items()}, info
 
 
 def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4, amplitude: float = 1.5,
@@ -85,23 +150,18 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
                     augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0,
-                    before_warp: bool = False, histogram_match: bool = False) -> dict:
+                    variant: DeepSimVariant = DeepSimVariant()) -> dict:
     """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
     it on that fold's test and training pairs.
 
     ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
     ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
     scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
-    Dice, seconds, inference ms. ``before_warp``: a DeepSim loss compares warped moving features
-    (:class:`~.losses.DeepSimLoss`); ``histogram_match``: a DeepSim loss maps every image onto the hub's
-    foreground intensity quantiles before its feature net (the net learned from the hub alone).
+    Dice, seconds, inference ms. ``variant``: how a DeepSim loss uses its feature net.
     """
     train_pairs, test_pairs = fold_pairs(fold)
-    loss = make_loss(name, 3, feature_net)
-    if before_warp and name.startswith("deepsim"):
-        loss.before_warp = True
-    if histogram_match and name.startswith("deepsim"):
-        loss.reference_quantiles = foreground_quantiles(images[fold])
+    loss = (variant.loss(name, feature_net, images[fold:fold + 1]) if name.startswith("deepsim")
+            else make_loss(name, 3, feature_net))
     generator = torch.Generator().manual_seed(seed + 1)
     aug = (lambda m, f: augment_pairs(m, f, generator)) if augment else None
     epochs = max(1, steps // len(train_pairs))
@@ -158,10 +218,8 @@ LAMBDA_RULES = {"folding": choose_by_training_folding, "validation": choose_by_v
 def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 1000, lr: float = 3e-3,
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
-                          lambda_rule: str = "validation", feature_augment: bool = False, fold: int = 0,
-                          feature_intensity: bool = False, feature_encoder: str = "pooled",
-                          before_warp: bool = False, histogram_match: bool = False, feature_channels=(16, 32, 32),
-                          feature_dropout: float = 0.0, log=print) -> dict:
+                          lambda_rule: str = "validation", fold: int = 0, variant: DeepSimVariant = DeepSimVariant(),
+                          log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -172,13 +230,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     on :func:`synthetic_validation` deformations of the hub) or ``"folding"``
     (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
-    ``result["ablation"]`` (not in the table). ``feature_augment``: the DeepSim feature nets see a
-    new random pose of the hub (image and labels, :func:`augment_labelled`) at every step;
-    ``feature_intensity``: a new random contrast of it (:func:`intensity_transform`), after the pose.
-    ``feature_encoder``: the feature nets' :data:`~.feature_net.ENCODERS` entry. ``before_warp``: the
-    DeepSim losses compare warped moving features (:class:`~.losses.DeepSimLoss`); ``histogram_match``:
-    their inputs are mapped onto the hub's intensity quantiles (:func:`train_and_score`).
-    ``feature_channels``, ``feature_dropout``: the feature nets' width per level and training dropout.
+    ``result["ablation"]`` (not in the table). ``variant``: how the DeepSim feature nets are trained
+    and compared (:class:`DeepSimVariant`).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -198,39 +251,22 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
                      "seed": seed, "feature_training": f"the {vols.names[fold]} subject only", "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
-                     "feature_augment": feature_augment}, "losses": {}}
-    # Variant keys only when they differ from their default, so that earlier runs still merge with new ones.
-    for key, value, default in (("feature_intensity", feature_intensity, False),
-                                ("feature_encoder", feature_encoder, "pooled"),
-                                ("deepsim_before_warp", before_warp, False),
-                                ("deepsim_histogram_match", histogram_match, False),
-                                ("feature_channels", list(feature_channels), [16, 32, 32]),
-                                ("feature_dropout", feature_dropout, 0.0)):
-        if value != default:
-            out["setup"][key] = value
+                     "feature_augment": variant.feature_augment, **variant.changed()}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
     log(f"affine only (no deformation), test pairs: mean Dice {np.mean(out['affine_only']['dice']):.3f}")
     modes = sorted({n.split("-")[1] for n in list(losses) + list(ablation) if n.startswith("deepsim")})
-    pose, contrast = torch.Generator().manual_seed(seed + 2), intensity_transform(seed + 3)
-
-    def feature_augmentation(x, y):
-        x, y = augment_labelled(x, y, pose) if feature_augment else (x, y)
-        return augment_intensity(x, y, contrast) if feature_intensity else (x, y)
-
-    nets, out["setup"]["feature_nets"] = feature_nets(
-        vols, list(images[:, None]), modes, feature_steps, feature_lr, factor, seed, log, subjects=(fold,),
-        augment=feature_augmentation if feature_augment or feature_intensity else None, encoder=feature_encoder,
-        channels=tuple(feature_channels), dropout=feature_dropout)
+    nets, out["setup"]["feature_nets"] = variant.feature_nets(vols, list(images[:, None]), modes, feature_steps,
+                                                              feature_lr, factor, seed, fold, log)
 
     validation = (synthetic_validation(images[fold:fold + 1], vols.labels[fold], seed=seed)
                   if len(lambda_factors) > 1 else [])
 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
-        r = train_and_score(name, images, vols.labels, lam, nets[(mode, fold)] if mode else None, steps, lr,
-                            aug, seed, log, validation, fold, before_warp, histogram_match)
+        r = train_and_score(name, images, vols.labels, lam, nets.get(mode), steps, lr, aug, seed, log, validation,
+                            fold, variant)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "

@@ -104,6 +104,25 @@ class FeatureNet(nn.Module):
         return self.head(y)
 
 
+class FeatureEnsemble(nn.Module):
+    """Several frozen feature nets of equal depth seen as one: :meth:`features` lists every net's maps,
+    net after net. :class:`~.losses.DeepSimLoss`'s mean over all these levels is then the mean over the
+    nets of each net's DeepSim similarity (why: averaging nets trained from different seeds on one
+    subject leaves less of any one net's idiosyncrasies in the loss)."""
+
+    def __init__(self, nets):
+        super().__init__()
+        nets = list(nets)
+        if not nets or len({(len(n.config["channels"]), n.dims, n.mode) for n in nets}) != 1:
+            raise InputError("feature nets", "need one or more feature nets of the same depth, dimension and mode")
+        self.nets = nn.ModuleList(nets)
+        self.dims, self.mode = nets[0].dims, nets[0].mode
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every net's :meth:`FeatureNet.features`, concatenated as one list."""
+        return [m for net in self.nets for m in net.features(x)]
+
+
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
                       epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
                       on_epoch=None, should_stop=None, augment=None, encoder: str = "pooled",

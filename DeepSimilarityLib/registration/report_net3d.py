@@ -106,6 +106,7 @@ BEFORE_WARP = ("; DeepSim trained on the moving image's feature maps warped by t
                "before warp)")
 HISTOGRAM_MATCHED = ("; every DeepSim input mapped onto the hub subject's foreground intensity quantiles "
                      "before the feature net")
+ENSEMBLE = "; {} feature nets per DeepSim loss (seeds seed, seed + 1, ...), the loss averaged over them"
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
               "MONAI transforms)")
 
@@ -174,7 +175,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"{BEFORE_WARP if s.get('deepsim_before_warp') else ''}"
               f"{HISTOGRAM_MATCHED if s.get('deepsim_histogram_match') else ''}"
               f"{'; feature channels ' + str(s['feature_channels']) if s.get('feature_channels') else ''}"
-              f"{'; feature-net dropout ' + str(s['feature_dropout']) if s.get('feature_dropout') else ''}. "
+              f"{'; feature-net dropout ' + str(s['feature_dropout']) if s.get('feature_dropout') else ''}"
+              f"{ENSEMBLE.format(s['feature_ensemble']) if s.get('feature_ensemble', 1) > 1 else ''}. "
               f"Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "

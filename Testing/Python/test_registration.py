@@ -11,6 +11,7 @@ from DeepSimilarityLib.registration import (LOSSES, DeepSimLoss, FeatureNet, Reg
                                             train_registration)
 from DeepSimilarityLib.registration.checkpoint import save_checkpoint
 from DeepSimilarityLib.registration.evaluate import dice_scores, mean_dice
+from DeepSimilarityLib.registration.feature_net import FeatureEnsemble
 from DeepSimilarityLib.registration.losses import CROSS_MODALITY, foreground_quantiles, match_histogram
 from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_image, warp_labels, warp_nearest
 
@@ -297,3 +298,19 @@ def test_training_checks_inputs_and_can_be_cancelled():
     net, _ = train_registration(images, [[0, 1]], make_loss("ncc-sup", 2), 0.1, epochs=1, labels=labels,
                                 loss_name="ncc-sup")
     assert regulariser(net.displacement(images[:1], images[1:])).item() >= 0
+
+
+def test_feature_ensemble_similarity_is_the_mean_of_its_nets(dims):
+    torch.manual_seed(0)
+    shape = shape_of(dims)
+    nets = [FeatureNet(dims, "seg", 3).eval() for _ in range(3)]
+    ensemble = FeatureEnsemble(nets)
+    fixed, moving = blobs(shape), blobs(shape, 2.0)
+    assert len(ensemble.features(fixed)) == 3 * len(nets[0].features(fixed))
+    each = torch.stack([DeepSimLoss(n).similarity(moving, fixed) for n in nets]).mean(0)
+    assert torch.allclose(DeepSimLoss(ensemble).similarity(moving, fixed), each, atol=1e-6)
+    assert DeepSimLoss(ensemble)(fixed, fixed).item() == pytest.approx(0.0, abs=1e-6)
+    assert make_loss("deepsim-seg", dims, ensemble)  # mode and dimension read from the members
+    for bad in ([], [nets[0], FeatureNet(dims, "seg", 3, channels=(8, 16))], [nets[0], FeatureNet(dims, "ae")]):
+        with pytest.raises(InputError, match="feature nets"):
+            FeatureEnsemble(bad)

@@ -1,5 +1,7 @@
 """The trained-3D-network protocol (registration/experiment3d_net): augmentation, training, scoring, splits."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.registration import augmentation
 from DeepSimilarityLib.registration import experiment3d_net as net3d
 from DeepSimilarityLib.registration import report_net3d as rep
-from DeepSimilarityLib.registration.losses import make_loss
+from DeepSimilarityLib.registration.feature_net import FeatureEnsemble, FeatureNet
+from DeepSimilarityLib.registration.losses import foreground_quantiles, make_loss
 from DeepSimilarityLib.registration.train import train_registration
 
 torch.set_num_threads(1)
@@ -328,12 +331,16 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert script.main(base) == 0
     assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
-                               "--feature-channels", "32,64,64", "--feature-dropout", "0.2"]) == 0
+                               "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
+                               "--seed", "5"]) == 0
     (_, default), (_, switched) = calls
-    keys = ("feature_augment", "fold", "augment", "feature_intensity", "feature_encoder", "before_warp",
-            "histogram_match", "feature_channels", "feature_dropout")
-    assert tuple(default[k] for k in keys) == (False, 0, True, False, "pooled", False, False, (16, 32, 32), 0.0)
-    assert tuple(switched[k] for k in keys) == (True, 2, False, True, "strided", True, True, (32, 64, 64), 0.2)
+    assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
+    assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
+    assert (switched["fold"], switched["augment"], switched["seed"]) == (2, False, 5)
+    assert switched["variant"].changed() == {
+        "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
+        "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
+        "deepsim_before_warp": True, "deepsim_histogram_match": True}
 
 
 def test_label_lines_count_where_deepsim_wins():
@@ -345,3 +352,32 @@ def test_label_lines_count_where_deepsim_wins():
     assert "| 3 | 0.300 | 0.500 | 0.550 |" in text  # label 3: mean of 0.4 and 0.7
     assert "- deepsim-seg above ncc on 2 of 3 labels" in text
     assert rep.label_lines({"affine_only": result["affine_only"], "losses": {"ncc": result["losses"]["ncc"]}}) == []
+
+
+def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble():
+    assert net3d.DeepSimVariant().changed() == {}
+    assert net3d.DeepSimVariant(feature_channels=[8, 16, 16]).changed() == {"feature_channels": [8, 16, 16]}
+    for bad in (dict(feature_encoder="resnet"), dict(feature_dropout=1.0), dict(feature_ensemble=0),
+                dict(feature_ensemble=1.5)):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            net3d.DeepSimVariant(**bad)
+    # Two subjects: a blob image with its blob as label 1, the hub is subject 1.
+    images = [blob((16, 16, 16), c) for c in ((8, 8, 8), (9, 8, 7))]
+    labels = [(im[0, 0] > 0.5).numpy().astype(np.uint8) for im in images]
+    vols = types.SimpleNamespace(names=["a", "b"], labels=labels)
+    variant = net3d.DeepSimVariant(feature_channels=(4, 8, 8), feature_ensemble=2, deepsim_histogram_match=True,
+                                   deepsim_before_warp=True)
+    nets, info = variant.feature_nets(vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1,
+                                      log=lambda *_: None)
+    ensemble = nets["seg"]
+    assert isinstance(ensemble, FeatureEnsemble) and len(ensemble.nets) == 2 and sorted(info) == ["seg:b", "seg:b:seed4"]
+    first, second = (n.features(images[0])[0] for n in ensemble.nets)
+    assert not torch.allclose(first, second)  # different seeds, different nets
+    loss = variant.loss("deepsim-seg", ensemble, images[1])
+    assert loss.before_warp and torch.allclose(loss.reference_quantiles, foreground_quantiles(images[1]))
+    with pytest.raises(InputError, match="ae"):
+        variant.loss("deepsim-ae", ensemble, images[1])
+    single, _ = net3d.DeepSimVariant(feature_channels=(4, 8, 8)).feature_nets(
+        vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1, log=lambda *_: None)
+    # Its one net is the ensemble's first: a single-net run reproduces runs made before ensembles existed.
+    assert isinstance(single["seg"], FeatureNet) and torch.equal(single["seg"].features(images[0])[0], first)
