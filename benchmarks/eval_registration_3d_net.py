@@ -10,7 +10,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
-        [--feature-dropout 0.2] [--feature-ensemble 3] [--seed 0] [--no-augment]
+        [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--seed 0] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -64,6 +64,9 @@ def main(argv=None):
     p.add_argument("--feature-channels", default="16,32,32", help="DeepSim feature-net channels per level")
     p.add_argument("--feature-dropout", type=float, default=0.0,
                    help="dropout after every feature-net convolution while it trains (default 0)")
+    p.add_argument("--feature-block-labels", default="corner", choices=["corner", "majority"],
+                   help="segmentation targets of the DeepSim feature nets on the network grid: the label at each "
+                        "block's corner voxel (default) or each block's most frequent label")
     p.add_argument("--feature-ensemble", type=int, default=1,
                    help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
     p.add_argument("--seed", type=int, default=0,
@@ -111,6 +114,7 @@ def main(argv=None):
         feature_augment=args.feature_augment, feature_intensity=args.feature_intensity,
         feature_encoder=args.feature_encoder, feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
         feature_dropout=args.feature_dropout, feature_ensemble=args.feature_ensemble,
+        feature_block_labels=args.feature_block_labels,
         deepsim_before_warp=args.deepsim_before_warp, deepsim_histogram_match=args.deepsim_histogram_match)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .compare import (FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, LAMBDA_FACTORS, bspline_runs, collect,
                       compare_losses)
@@ -53,18 +54,36 @@ def strided_labels(vols, subject: int, factor: int) -> torch.Tensor:
                                                  dtype=np.int64))[None]
 
 
+def majority_labels(vols, subject: int, factor: int) -> torch.Tensor:
+    """``(1, D/f, H/f, W/f)`` int64: the most frequent seg35 label of each ``factor``-cubed block (ties: the
+    lower id), the block the averaged image voxel covers; :func:`strided_labels` takes the block's corner."""
+    labels = torch.from_numpy(np.ascontiguousarray(vols.labels[subject], dtype=np.int64))[None, None]
+    best = count = None
+    for k in range(int(labels.max()) + 1):  # one label at a time: a one-hot of the full grid would take ~1 GB
+        share = F.avg_pool3d((labels == k).float(), factor)[:, 0]
+        if best is None:
+            best, count = torch.zeros_like(share, dtype=torch.int64), share
+        else:
+            best, count = torch.where(share > count, k, best), torch.maximum(share, count)
+    return best
+
+
+BLOCK_LABELS = {"corner": strided_labels, "majority": majority_labels}
+
+
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
                  subjects=None, augment=None, encoder: str = "pooled", channels=(16, 32, 32),
-                 dropout: float = 0.0) -> tuple[dict, dict]:
+                 dropout: float = 0.0, block_labels: str = "corner") -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
     ``augment``, ``encoder``, ``channels``, ``dropout``: passed to :func:`~.feature_net.train_feature_net`.
+    ``block_labels``: how a segmentation net's targets come from the full-grid labels (:data:`BLOCK_LABELS`).
     """
     nets, info = {}, {}
     for mode in modes:
         for s in (range(len(vols.names)) if subjects is None else subjects):
-            labels = strided_labels(vols, s, factor)
+            labels = BLOCK_LABELS[block_labels](vols, s, factor)
             # One volume: an "epoch" is one full-volume step.
             net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,
                                           batch_size=1, lr=lr, seed=seed, augment=augment, encoder=encoder,

@@ -35,7 +35,7 @@ from ..errors import InputError
 from .augmentation import augment_intensity, augment_labelled, augment_pairs, intensity_transform
 from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .data import load_brain_volumes
-from .experiment3d import downsampled, feature_nets, score
+from .experiment3d import BLOCK_LABELS, downsampled, feature_nets, score
 from .feature_net import ENCODERS, FeatureEnsemble
 from .losses import DeepSimLoss, foreground_quantiles, make_loss
 from .network import resize_displacement, warp_image, warp_nearest
@@ -76,6 +76,7 @@ class DeepSimVariant:
     feature_encoder: str = "pooled"  # one of feature_net.ENCODERS
     feature_channels: tuple = (16, 32, 32)
     feature_dropout: float = 0.0  # while the feature nets train
+    feature_block_labels: str = "corner"  # the segmentation targets on the network grid: experiment3d.BLOCK_LABELS
     feature_ensemble: int = 1  # nets from seeds seed, seed + 1, ...; DeepSim averages over them (FeatureEnsemble)
     deepsim_before_warp: bool = False  # compare the warped moving image's feature maps (DeepSimLoss.before_warp)
     deepsim_histogram_match: bool = False  # map every DeepSim input onto the hub's foreground intensity quantiles
@@ -85,6 +86,9 @@ class DeepSimVariant:
             raise InputError("feature_encoder", f"must be one of {ENCODERS}, not {self.feature_encoder!r}")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise InputError("feature_dropout", f"must be in [0, 1), not {self.feature_dropout!r}")
+        if self.feature_block_labels not in BLOCK_LABELS:
+            raise InputError("feature_block_labels", f"must be one of {sorted(BLOCK_LABELS)}, "
+                                                     f"not {self.feature_block_labels!r}")
         if int(self.feature_ensemble) != self.feature_ensemble or self.feature_ensemble < 1:
             raise InputError("feature_ensemble", f"must be a whole number >= 1, not {self.feature_ensemble!r}")
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
@@ -119,7 +123,8 @@ class DeepSimVariant:
             trained, trained_info = feature_nets(
                 vols, images, modes, steps, lr, factor, seed + k, log, subjects=(hub,),
                 augment=augment if self.feature_augment or self.feature_intensity else None,
-                encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout)
+                encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout,
+                block_labels=self.feature_block_labels)
             for mode in modes:
                 nets.setdefault(mode, []).append(trained[(mode, hub)])
             info.update({name + (f":seed{seed + k}" if k else ""): v for name, v in trained_info.items()})

@@ -332,7 +332,7 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
-                               "--seed", "5"]) == 0
+                               "--feature-block-labels", "majority", "--seed", "5"]) == 0
     (_, default), (_, switched) = calls
     assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
@@ -340,6 +340,7 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert switched["variant"].changed() == {
         "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
+        "feature_block_labels": "majority",
         "deepsim_before_warp": True, "deepsim_histogram_match": True}
 
 
@@ -358,7 +359,7 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
     assert net3d.DeepSimVariant().changed() == {}
     assert net3d.DeepSimVariant(feature_channels=[8, 16, 16]).changed() == {"feature_channels": [8, 16, 16]}
     for bad in (dict(feature_encoder="resnet"), dict(feature_dropout=1.0), dict(feature_ensemble=0),
-                dict(feature_ensemble=1.5)):
+                dict(feature_ensemble=1.5), dict(feature_block_labels="centre")):
         with pytest.raises(InputError, match=next(iter(bad))):
             net3d.DeepSimVariant(**bad)
     # Two subjects: a blob image with its blob as label 1, the hub is subject 1.
@@ -370,7 +371,8 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
     nets, info = variant.feature_nets(vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1,
                                       log=lambda *_: None)
     ensemble = nets["seg"]
-    assert isinstance(ensemble, FeatureEnsemble) and len(ensemble.nets) == 2 and sorted(info) == ["seg:b", "seg:b:seed4"]
+    assert isinstance(ensemble, FeatureEnsemble) and len(ensemble.nets) == 2
+    assert sorted(info) == ["seg:b", "seg:b:seed4"]
     first, second = (n.features(images[0])[0] for n in ensemble.nets)
     assert not torch.allclose(first, second)  # different seeds, different nets
     loss = variant.loss("deepsim-seg", ensemble, images[1])
@@ -381,3 +383,18 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
         vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1, log=lambda *_: None)
     # Its one net is the ensemble's first: a single-net run reproduces runs made before ensembles existed.
     assert isinstance(single["seg"], FeatureNet) and torch.equal(single["seg"].features(images[0])[0], first)
+
+
+def test_majority_labels_take_each_blocks_most_frequent_label():
+    from DeepSimilarityLib.registration.experiment3d import majority_labels, strided_labels
+
+    labels = np.zeros((4, 4, 8), np.uint8)
+    labels[:, :, 4:] = 2  # second block: label 2 throughout
+    labels[1:, :, :3] = 1  # first block: 36 voxels of label 1 and 28 of background, but its corner voxel is 0
+    labels[0, 0, 4] = 3  # the second block's corner voxel is the one label-3 voxel
+    vols = types.SimpleNamespace(labels=[labels])
+    assert majority_labels(vols, 0, 4).tolist() == [[[[1, 2]]]]
+    assert strided_labels(vols, 0, 4).tolist() == [[[[0, 3]]]]
+    tie = np.zeros((2, 2, 2), np.uint8)
+    tie[0] = 5  # 4 voxels of 5, 4 of 0: the lower id
+    assert majority_labels(types.SimpleNamespace(labels=[tie]), 0, 2).tolist() == [[[[0]]]]
