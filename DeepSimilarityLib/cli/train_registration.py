@@ -151,7 +151,7 @@ def run_train_registration(args):
 def _user_images(args):
     """``deepsim train registration --images``: (images, pairs, labels None, downsample, data note, dims)."""
     from ..image_io import read_image
-    from ..registration.network import RegistrationNet
+    from ..registration.network import size_multiple
     from ..registration.user_pairs import user_training_set
 
     if args.loss == "ncc-sup":
@@ -159,9 +159,9 @@ def _user_images(args):
     volumes = [read_image(path) for path in args.images]
     dims = volumes[0].ndim
     factor = args.downsample if args.downsample is not None else (2 if dims == 2 else 4)
-    multiple = RegistrationNet(dims).multiple
     images, pairs, _ = user_training_set(volumes, list(args.images), factor,
-                                             None if args.pre_align == "none" else args.pre_align, multiple, log=print)
+                                         None if args.pre_align == "none" else args.pre_align, size_multiple(),
+                                         log=print)
     names = ", ".join(Path(p).name for p in args.images)
     data = f"{len(pairs)} directed pairs of {len(volumes)} user images ({names}), pre-align {args.pre_align}"
     return images, pairs, None, factor, data, dims

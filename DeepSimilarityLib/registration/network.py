@@ -33,6 +33,14 @@ warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multid
                         module="monai.losses.deform")
 
 
+CHANNELS = (16, 32, 32, 32)  # the U-Net's default channels per level
+
+
+def size_multiple(channels=CHANNELS) -> int:
+    """What a :class:`RegistrationNet` with these ``channels`` needs its input sizes divisible by."""
+    return 2 ** (len(channels) - 1)
+
+
 class RegistrationNet(nn.Module):
     """``forward(moving, fixed) -> (warped, ddf)`` for ``(B, 1, H, W[, D])`` inputs.
 
@@ -43,7 +51,7 @@ class RegistrationNet(nn.Module):
         velocity: integrate the output as a stationary velocity field (``steps`` squarings).
     """
 
-    def __init__(self, spatial_dims: int = 2, channels=(16, 32, 32, 32), velocity: bool = False, steps: int = 7):
+    def __init__(self, spatial_dims: int = 2, channels=CHANNELS, velocity: bool = False, steps: int = 7):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise InputError("spatial_dims", f"must be 2 or 3, not {spatial_dims!r}")
@@ -61,7 +69,7 @@ class RegistrationNet(nn.Module):
 
     @property
     def multiple(self) -> int:
-        return 2 ** (len(self.config["channels"]) - 1)
+        return size_multiple(self.config["channels"])
 
     def displacement(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """``(B, dims, H, W[, D])`` displacement in voxels (fixed grid -> moving grid)."""
