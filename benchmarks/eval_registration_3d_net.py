@@ -10,7 +10,8 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
     python benchmarks/eval_registration_3d_net.py [--quick] [--steps 1000] [--losses mse,ncc,deepsim-seg]
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
-        [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--seed 0] [--no-augment]
+        [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--feature-phases]
+        [--seed 0] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -67,6 +68,9 @@ def main(argv=None):
     p.add_argument("--feature-block-labels", default="corner", choices=["corner", "majority"],
                    help="segmentation targets of the DeepSim feature nets on the network grid: the label at each "
                         "block's corner voxel (default) or each block's most frequent label")
+    p.add_argument("--feature-phases", action="store_true",
+                   help="train the DeepSim feature nets on the hub block-averaged at every grid offset (64 exact "
+                        "sub-voxel shifts at factor 4) instead of offset 0 alone; same number of steps")
     p.add_argument("--feature-ensemble", type=int, default=1,
                    help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
     p.add_argument("--seed", type=int, default=0,
@@ -114,7 +118,7 @@ def main(argv=None):
         feature_augment=args.feature_augment, feature_intensity=args.feature_intensity,
         feature_encoder=args.feature_encoder, feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
         feature_dropout=args.feature_dropout, feature_ensemble=args.feature_ensemble,
-        feature_block_labels=args.feature_block_labels,
+        feature_block_labels=args.feature_block_labels, feature_phases=args.feature_phases,
         deepsim_before_warp=args.deepsim_before_warp, deepsim_histogram_match=args.deepsim_histogram_match)
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,

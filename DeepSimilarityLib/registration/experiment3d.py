@@ -50,14 +50,21 @@ def score(ddf: torch.Tensor, moving_labels: np.ndarray, fixed_labels: np.ndarray
 def strided_labels(vols, subject: int, factor: int) -> torch.Tensor:
     """``(1, D/f, H/f, W/f)`` int64: the subject's seg35 labels at every ``factor``-th voxel, the labels
     a 3D feature net learns beside the block-averaged image (:func:`downsampled`)."""
-    return torch.from_numpy(np.ascontiguousarray(vols.labels[subject][::factor, ::factor, ::factor],
-                                                 dtype=np.int64))[None]
+    return _corner_labels(vols.labels[subject], factor)
 
 
 def majority_labels(vols, subject: int, factor: int) -> torch.Tensor:
     """``(1, D/f, H/f, W/f)`` int64: the most frequent seg35 label of each ``factor``-cubed block (ties: the
     lower id), the block the averaged image voxel covers; :func:`strided_labels` takes the block's corner."""
-    labels = torch.from_numpy(np.ascontiguousarray(vols.labels[subject], dtype=np.int64))[None, None]
+    return _majority_labels(vols.labels[subject], factor)
+
+
+def _corner_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(labels[::factor, ::factor, ::factor], dtype=np.int64))[None]
+
+
+def _majority_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+    labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[None, None]
     best = count = None
     for k in range(int(labels.max()) + 1):  # one label at a time: a one-hot of the full grid would take ~1 GB
         share = F.avg_pool3d((labels == k).float(), factor)[:, 0]
@@ -68,24 +75,44 @@ def majority_labels(vols, subject: int, factor: int) -> torch.Tensor:
     return best
 
 
-BLOCK_LABELS = {"corner": strided_labels, "majority": majority_labels}
+BLOCK_LABELS = {"corner": _corner_labels, "majority": _majority_labels}
+
+
+def block_phases(vols, subject: int, factor: int, block_labels: str = "corner") -> tuple[torch.Tensor, torch.Tensor]:
+    """The subject block-averaged at all ``factor**3`` grid offsets: images ``(f**3, 1, D/f, H/f, W/f)`` and
+    their block labels ``(f**3, D/f, H/f, W/f)`` (:data:`BLOCK_LABELS`). Offset ``(a, b, c)`` drops the first
+    ``a, b, c`` voxels of each axis and pads background at the far end, so every sample is the same anatomy
+    sampled with another sub-voxel shift: exact, unlike an interpolated shift."""
+    image, labels = vols.images[subject], vols.labels[subject]
+    images, targets = [], []
+    for a, b, c in np.ndindex(factor, factor, factor):
+        shifted_image, shifted_labels = np.zeros_like(image, dtype=np.float32), np.zeros_like(labels)
+        shifted_image[:image.shape[0] - a, :image.shape[1] - b, :image.shape[2] - c] = image[a:, b:, c:]
+        shifted_labels[:labels.shape[0] - a, :labels.shape[1] - b, :labels.shape[2] - c] = labels[a:, b:, c:]
+        images.append(downsample(shifted_image[None], factor))
+        targets.append(BLOCK_LABELS[block_labels](shifted_labels, factor))
+    return torch.cat(images), torch.cat(targets)
 
 
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
                  subjects=None, augment=None, encoder: str = "pooled", channels=(16, 32, 32),
-                 dropout: float = 0.0, block_labels: str = "corner") -> tuple[dict, dict]:
+                 dropout: float = 0.0, block_labels: str = "corner", phases: bool = False) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
     ``augment``, ``encoder``, ``channels``, ``dropout``: passed to :func:`~.feature_net.train_feature_net`.
-    ``block_labels``: how a segmentation net's targets come from the full-grid labels (:data:`BLOCK_LABELS`).
+    ``block_labels``: how a segmentation net's targets come from the full-grid labels (:data:`BLOCK_LABELS`);
+    ``phases``: train on the subject at every block offset (:func:`block_phases`) instead of offset 0.
     """
     nets, info = {}, {}
     for mode in modes:
         for s in (range(len(vols.names)) if subjects is None else subjects):
-            labels = BLOCK_LABELS[block_labels](vols, s, factor)
-            # One volume: an "epoch" is one full-volume step.
-            net, hist = train_feature_net(images[s], labels if mode == "seg" else None, mode, epochs=steps,
+            if phases:
+                x, labels = block_phases(vols, s, factor, block_labels)
+            else:
+                x, labels = images[s], BLOCK_LABELS[block_labels](vols.labels[s], factor)
+            # An epoch is one step per volume: ``steps`` steps in all, rounded up to whole epochs.
+            net, hist = train_feature_net(x, labels if mode == "seg" else None, mode, epochs=-(-steps // len(x)),
                                           batch_size=1, lr=lr, seed=seed, augment=augment, encoder=encoder,
                                           channels=channels, dropout=dropout)
             nets[(mode, s)] = net

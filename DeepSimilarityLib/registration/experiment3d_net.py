@@ -77,6 +77,7 @@ class DeepSimVariant:
     feature_channels: tuple = (16, 32, 32)
     feature_dropout: float = 0.0  # while the feature nets train
     feature_block_labels: str = "corner"  # the segmentation targets on the network grid: experiment3d.BLOCK_LABELS
+    feature_phases: bool = False  # train on the hub block-averaged at every grid offset (experiment3d.block_phases)
     feature_ensemble: int = 1  # nets from seeds seed, seed + 1, ...; DeepSim averages over them (FeatureEnsemble)
     deepsim_before_warp: bool = False  # compare the warped moving image's feature maps (DeepSimLoss.before_warp)
     deepsim_histogram_match: bool = False  # map every DeepSim input onto the hub's foreground intensity quantiles
@@ -124,7 +125,7 @@ class DeepSimVariant:
                 vols, images, modes, steps, lr, factor, seed + k, log, subjects=(hub,),
                 augment=augment if self.feature_augment or self.feature_intensity else None,
                 encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout,
-                block_labels=self.feature_block_labels)
+                block_labels=self.feature_block_labels, phases=self.feature_phases)
             for mode in modes:
                 nets.setdefault(mode, []).append(trained[(mode, hub)])
             info.update({name + (f":seed{seed + k}" if k else ""): v for name, v in trained_info.items()})

@@ -106,6 +106,7 @@ BEFORE_WARP = ("; DeepSim trained on the moving image's feature maps warped by t
                "before warp)")
 HISTOGRAM_MATCHED = ("; every DeepSim input mapped onto the hub subject's foreground intensity quantiles "
                      "before the feature net")
+PHASES = ", at all {} block-averaging offsets (exact sub-voxel shifts)"
 MAJORITY = ", segmentation targets the most frequent label of each {0}x{0}x{0} block (not its corner voxel's)"
 ENSEMBLE = "; {} feature nets per DeepSim loss (seeds seed, seed + 1, ...), the loss averaged over them"
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
@@ -173,6 +174,7 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}"
               f"{CONTRASTED if s.get('feature_intensity') else ''}"
               f"{STRIDED if s.get('feature_encoder') == 'strided' else ''}"
+              f"{PHASES.format(s['factor'] ** 3) if s.get('feature_phases') else ''}"
               f"{MAJORITY.format(s['factor']) if s.get('feature_block_labels') == 'majority' else ''}"
               f"{BEFORE_WARP if s.get('deepsim_before_warp') else ''}"
               f"{HISTOGRAM_MATCHED if s.get('deepsim_histogram_match') else ''}"

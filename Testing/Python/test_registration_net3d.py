@@ -332,7 +332,7 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
-                               "--feature-block-labels", "majority", "--seed", "5"]) == 0
+                               "--feature-block-labels", "majority", "--feature-phases", "--seed", "5"]) == 0
     (_, default), (_, switched) = calls
     assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
@@ -340,7 +340,7 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert switched["variant"].changed() == {
         "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
-        "feature_block_labels": "majority",
+        "feature_block_labels": "majority", "feature_phases": True,
         "deepsim_before_warp": True, "deepsim_histogram_match": True}
 
 
@@ -398,3 +398,24 @@ def test_majority_labels_take_each_blocks_most_frequent_label():
     tie = np.zeros((2, 2, 2), np.uint8)
     tie[0] = 5  # 4 voxels of 5, 4 of 0: the lower id
     assert majority_labels(types.SimpleNamespace(labels=[tie]), 0, 2).tolist() == [[[[0]]]]
+
+
+def test_block_phases_are_the_subject_at_every_grid_offset():
+    from DeepSimilarityLib.registration.data import downsample
+    from DeepSimilarityLib.registration.experiment3d import block_phases, strided_labels
+
+    rng = np.random.default_rng(0)
+    image = rng.random((4, 6, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, (4, 6, 8)).astype(np.uint8)
+    vols = types.SimpleNamespace(images=[image], labels=[labels])
+    images, targets = block_phases(vols, 0, 2)
+    assert images.shape == (8, 1, 2, 3, 4) and targets.shape == (8, 2, 3, 4)
+    assert torch.equal(images[0], downsample(image[None], 2)[0])
+    assert torch.equal(targets[:1], strided_labels(vols, 0, 2))
+    # Offset (1, 0, 1) is phase 5 of np.ndindex(2, 2, 2): the volume moved by one voxel on axes 0 and 2.
+    assert images[5, 0, 0, 0, 0].item() == pytest.approx(image[1:3, 0:2, 1:3].mean())
+    assert targets[5, 0, 0, 0] == labels[1, 0, 1] and targets[5, -1, -1, -1] == labels[3, 4, 7]
+    # The last block runs past the far end on axes 0 and 2: 6 of its 8 voxels are background padding.
+    assert images[5, 0, -1, -1, -1].item() == pytest.approx(image[3, 4:6, 7].sum() / 8)
+    _, majority = block_phases(vols, 0, 2, "majority")
+    assert majority.shape == targets.shape and not torch.equal(majority, targets)
