@@ -169,7 +169,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on {tested}\n\n"
               f"{split}, on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
-              f"{s['lr']}{', seed ' + str(s['seed']) if s.get('seed') else ''}, augmentation {AUGMENTED if s['augment'] else 'off'}; {lam}. DeepSim feature nets: 3D, "
+              f"{s['lr']}{', seed ' + str(s['seed']) if s.get('seed') else ''}, "
+              f"augmentation {AUGMENTED if s['augment'] else 'off'}; {lam}. DeepSim feature nets: 3D, "
               f"{s['feature_steps']} steps, "
               f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}"
               f"{CONTRASTED if s.get('feature_intensity') else ''}"
