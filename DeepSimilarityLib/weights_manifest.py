@@ -105,7 +105,9 @@ def model_entry(path, kind: str, command: str, training_folder: str, evaluation:
     hyper = dict(metadata.get("settings") or {})
     hyper.update({k: v for k, v in metadata.items() if k not in _NOT_HYPER})
     if hyper.get("features"):
-        hyper["features"] = Path(hyper["features"]).name  # the file beside it, not this machine's path
+        names = [Path(p).name for p in (hyper["features"] if isinstance(hyper["features"], list) else
+                                         [hyper["features"]])]
+        hyper["features"] = names[0] if len(names) == 1 else names  # the files beside it, not this machine's paths
     training_data = {"folder": training_folder, "description": metadata.get("data")}
     training_data.update({k: metadata[k] for k in ("train_images", "held_out_images", "pairs") if k in metadata})
     entry = {"file": path.name, "kind": kind, "architecture": config, "training_data": training_data,

@@ -23,8 +23,10 @@ def add_parsers(kinds):
                    help="diffusion regulariser weight (default: the loss's value chosen in benchmarks/results)")
     r.add_argument("--epochs", type=int, default=10,
                    help="passes over the training pairs (default 10; 512 brain slice pairs, or N*(N-1) for --images)")
-    r.add_argument("--features", help="trained feature net (.pt) for deepsim-seg / deepsim-ae "
-                                      "(see 'deepsim train features'; shipped: weights/deepsim_features_seg_2d.pt)")
+    r.add_argument("--features", nargs="+", metavar="FEATURES",
+                   help="trained feature net (.pt) for deepsim-seg / deepsim-ae (see 'deepsim train features'; "
+                        "shipped: weights/deepsim_features_seg_2d.pt); several (e.g. trained with different --seed): "
+                        "the loss is the mean of their DeepSim losses")
     r.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="train on your own images instead (2 or more, 2D or 3D, one modality): all directed pairs, "
                         "each image pre-aligned to the first, on a grid --downsample times coarser than the first's, "
@@ -85,9 +87,8 @@ def run_train_registration(args):
 
     import torch
 
-    from ..registration.data import load_brain_volumes, slice_pairs, stack_pairs
     from ..registration.augmentation import augment_pairs
-    from ..registration.feature_net import load_feature_net
+    from ..registration.data import load_brain_volumes, slice_pairs, stack_pairs
     from ..registration.losses import make_loss
     from ..registration.network import save_registration_net
     from ..registration.train import train_registration
@@ -102,7 +103,7 @@ def run_train_registration(args):
     if args.loss.startswith("deepsim"):
         if not args.features:
             raise InputError("--features", f"the {args.loss} loss needs a feature net file")
-        features = load_feature_net(args.features)
+        features = _feature_nets(args.features)
     elif args.features:
         raise InputError("--features", f"only the deepsim losses use a feature net, not {args.loss}")
     from ..registration.experiment import TRAINING_INTENSITY
@@ -139,13 +140,36 @@ def run_train_registration(args):
             "batch_size": batch, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
             "grid": list(images.shape[2:]), "downsample": factor, "epochs": args.epochs,
             "intensity": TRAINING_INTENSITY,
-            "features": str(args.features) if args.features else None, "seed": args.seed,
+            "features": _feature_paths(args.features), "seed": args.seed,
             "data": data, "date": datetime.date.today().isoformat()}
     save_registration_net(net, out, meta)
     checkpoint.discard()
     print(f"trained in {hist['seconds']:.0f} s; final loss {hist['loss'][-1]:.4f}")
     print(f"wrote {out}")
     return 0 if torch.isfinite(torch.tensor(hist["loss"][-1])) else 1
+
+
+def _feature_nets(paths):
+    """One feature net, or a :class:`~..registration.feature_net.FeatureEnsemble` of several; ``metadata``
+    is the first file's (each was checked to load as a feature net)."""
+    from ..registration.feature_net import FeatureEnsemble, load_feature_net
+
+    nets = [load_feature_net(p) for p in paths]
+    if len(nets) == 1:
+        return nets[0]
+    try:
+        ensemble = FeatureEnsemble(nets)
+    except InputError as e:
+        raise InputError("--features", e.problem) from None
+    ensemble.metadata = nets[0].metadata
+    return ensemble
+
+
+def _feature_paths(paths):
+    """The ``features`` metadata entry: the one path as before, a list for several, None for none."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
 
 
 def _user_images(args):

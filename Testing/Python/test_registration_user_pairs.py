@@ -135,7 +135,27 @@ def test_cli_3d_features_then_3d_deepsim_registration(tmp_path, head_volumes, ca
                  paths["mr", 0], paths["mr", 1], "--downsample", "2", "--epochs", "2", "--pre-align", "none",
                  "--out", str(out)]) == 0
     assert load_registration_net(out).metadata["grid"] == [24, 24, 16]
+    # Two feature nets (another seed): the loss averages over both, and the metadata names both files.
+    feat_b = tmp_path / "feat3d_b.pt"
+    assert main(["train", "features", "--mode", "seg", "--dims", "3", "--image", paths["mr", 0],
+                 "--labels", paths["labels", 0], "--downsample", "2", "--epochs", "2", "--seed", "1",
+                 "--out", str(feat_b)]) == 0
+    both = tmp_path / "reg3d_both.pt"
+    assert main(["train", "registration", "--loss", "deepsim-seg", "--features", str(feat), str(feat_b),
+                 "--images", paths["mr", 0], paths["mr", 1], "--downsample", "2", "--epochs", "1",
+                 "--pre-align", "none", "--out", str(both)]) == 0
+    assert load_registration_net(both).metadata["features"] == [str(feat), str(feat_b)]
+    assert load_registration_net(out).metadata["features"] == str(feat)  # one file: a plain path, as before
     capsys.readouterr()
+    ae = tmp_path / "ae3d.pt"
+    assert main(["train", "features", "--mode", "ae", "--dims", "3", "--image", paths["mr", 0], "--downsample", "2",
+                 "--epochs", "1", "--out", str(ae)]) == 0
+    capsys.readouterr()
+    assert main(["train", "registration", "--loss", "deepsim-seg", "--features", str(feat), str(ae), "--images",
+                 paths["mr", 0], paths["mr", 1], "--downsample", "2", "--epochs", "1", "--pre-align", "none",
+                 "--out", str(tmp_path / "never_mixed.pt")]) == 2
+    assert "--features: need one or more feature nets of the same" in capsys.readouterr().err
+    assert not (tmp_path / "never_mixed.pt").exists()
     never = str(tmp_path / "never.pt")
     slice2d = str(tmp_path / "slice.nii.gz")
     write_image(Volume(head_volumes[0].mr.array[10], (3.0, 3.0)), slice2d)

@@ -38,3 +38,13 @@ def test_damaged_weights_are_refused_and_missing_ones_name_their_command(weights
 
     with pytest.raises(InputError, match="missing"):
         get_metric("learned")
+
+
+def test_manifest_entry_names_the_feature_files_without_this_machines_folders(tmp_path):
+    from DeepSimilarityLib.registration import RegistrationNet, save_registration_net
+    from DeepSimilarityLib.weights_manifest import model_entry
+
+    for features, expected in (("/home/me/f.pt", "f.pt"), (["/a/f.pt", "/b/g.pt"], ["f.pt", "g.pt"])):
+        path = save_registration_net(RegistrationNet(2), tmp_path / "r.pt", {"features": features, "loss": "mse"})
+        entry = model_entry(path, "deepsim-registration", "deepsim train registration ...", "brain-mr")
+        assert entry["hyper_parameters"]["features"] == expected
