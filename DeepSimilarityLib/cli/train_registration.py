@@ -265,14 +265,14 @@ def _feature_volume(args):
         data = f"{args.image}" + (f" with labels {args.labels}" if args.labels else "")
         return x, y, data, {"grid": list(x.shape[2:]), "downsample": factor, "intensity": TRAINING_INTENSITY}
     from ..registration.data import downsample, load_brain_volumes
-    from ..registration.experiment3d import strided_labels
+    from ..registration.experiment3d import corner_labels
 
     vols = load_brain_volumes()
     if any(n % (4 * factor) for n in vols.images[0].shape):
         raise InputError("--downsample", f"the vxm scan {vols.images[0].shape} needs a factor whose grid the "
                                          f"feature net can halve twice (e.g. 2 or 4), not {factor}")
     # The vxm subject exactly as the 3D benchmark's feature nets (experiment3d.feature_nets) learn it.
-    x, y = downsample(vols.images[:1], factor), strided_labels(vols, 0, factor)
+    x, y = downsample(vols.images[:1], factor), corner_labels(vols.labels[0], factor)
     data = f"vxm_test_scan.npz volume with seg35 labels, {factor}x block-averaged"
     return x, y, data, {"grid": list(x.shape[2:]), "downsample": factor}
 

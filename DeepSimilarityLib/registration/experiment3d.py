@@ -47,23 +47,15 @@ def score(ddf: torch.Tensor, moving_labels: np.ndarray, fixed_labels: np.ndarray
             "folding": folding_fraction(ddf[0].numpy())}
 
 
-def strided_labels(vols, subject: int, factor: int) -> torch.Tensor:
-    """``(1, D/f, H/f, W/f)`` int64: the subject's seg35 labels at every ``factor``-th voxel, the labels
-    a 3D feature net learns beside the block-averaged image (:func:`downsampled`)."""
-    return _corner_labels(vols.labels[subject], factor)
-
-
-def majority_labels(vols, subject: int, factor: int) -> torch.Tensor:
-    """``(1, D/f, H/f, W/f)`` int64: the most frequent seg35 label of each ``factor``-cubed block (ties: the
-    lower id), the block the averaged image voxel covers; :func:`strided_labels` takes the block's corner."""
-    return _majority_labels(vols.labels[subject], factor)
-
-
-def _corner_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+def corner_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+    """``(1, D/f, H/f, W/f)`` int64: the seg35 labels ``(D, H, W)`` at every ``factor``-th voxel (each block's
+    corner), the labels a 3D feature net learns beside the block-averaged image (:func:`downsampled`)."""
     return torch.from_numpy(np.ascontiguousarray(labels[::factor, ::factor, ::factor], dtype=np.int64))[None]
 
 
-def _majority_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+def majority_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
+    """``(1, D/f, H/f, W/f)`` int64: the most frequent label of each ``factor``-cubed block of ``labels``
+    ``(D, H, W)`` (ties: the lower id), the block the averaged image voxel covers."""
     labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))[None, None]
     best = count = None
     for k in range(int(labels.max()) + 1):  # one label at a time: a one-hot of the full grid would take ~1 GB
@@ -75,7 +67,7 @@ def _majority_labels(labels: np.ndarray, factor: int) -> torch.Tensor:
     return best
 
 
-BLOCK_LABELS = {"corner": _corner_labels, "majority": _majority_labels}
+BLOCK_LABELS = {"corner": corner_labels, "majority": majority_labels}
 
 
 def block_phases(vols, subject: int, factor: int, block_labels: str = "corner") -> tuple[torch.Tensor, torch.Tensor]:

@@ -386,23 +386,22 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
 
 
 def test_majority_labels_take_each_blocks_most_frequent_label():
-    from DeepSimilarityLib.registration.experiment3d import majority_labels, strided_labels
+    from DeepSimilarityLib.registration.experiment3d import corner_labels, majority_labels
 
     labels = np.zeros((4, 4, 8), np.uint8)
     labels[:, :, 4:] = 2  # second block: label 2 throughout
     labels[1:, :, :3] = 1  # first block: 36 voxels of label 1 and 28 of background, but its corner voxel is 0
     labels[0, 0, 4] = 3  # the second block's corner voxel is the one label-3 voxel
-    vols = types.SimpleNamespace(labels=[labels])
-    assert majority_labels(vols, 0, 4).tolist() == [[[[1, 2]]]]
-    assert strided_labels(vols, 0, 4).tolist() == [[[[0, 3]]]]
+    assert majority_labels(labels, 4).tolist() == [[[[1, 2]]]]
+    assert corner_labels(labels, 4).tolist() == [[[[0, 3]]]]
     tie = np.zeros((2, 2, 2), np.uint8)
     tie[0] = 5  # 4 voxels of 5, 4 of 0: the lower id
-    assert majority_labels(types.SimpleNamespace(labels=[tie]), 0, 2).tolist() == [[[[0]]]]
+    assert majority_labels(tie, 2).tolist() == [[[[0]]]]
 
 
 def test_block_phases_are_the_subject_at_every_grid_offset():
     from DeepSimilarityLib.registration.data import downsample
-    from DeepSimilarityLib.registration.experiment3d import block_phases, strided_labels
+    from DeepSimilarityLib.registration.experiment3d import block_phases, corner_labels
 
     rng = np.random.default_rng(0)
     image = rng.random((4, 6, 8)).astype(np.float32)
@@ -411,7 +410,7 @@ def test_block_phases_are_the_subject_at_every_grid_offset():
     images, targets = block_phases(vols, 0, 2)
     assert images.shape == (8, 1, 2, 3, 4) and targets.shape == (8, 2, 3, 4)
     assert torch.equal(images[0], downsample(image[None], 2)[0])
-    assert torch.equal(targets[:1], strided_labels(vols, 0, 2))
+    assert torch.equal(targets[:1], corner_labels(labels, 2))
     # Offset (1, 0, 1) is phase 5 of np.ndindex(2, 2, 2): the volume moved by one voxel on axes 0 and 2.
     assert images[5, 0, 0, 0, 0].item() == pytest.approx(image[1:3, 0:2, 1:3].mean())
     assert targets[5, 0, 0, 0] == labels[1, 0, 1] and targets[5, -1, -1, -1] == labels[3, 4, 7]
