@@ -37,7 +37,7 @@ from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lam
 from .data import load_brain_volumes
 from .experiment3d import BLOCK_LABELS, downsampled, feature_nets, score
 from .feature_net import ENCODERS, FeatureEnsemble
-from .losses import DeepSimLoss, foreground_quantiles, make_loss
+from .losses import foreground_quantiles, make_loss
 from .network import resize_displacement, warp_image, warp_nearest
 from .report_net3d import merge_3d_net_folds, report_3d_net
 from .train import train_registration
@@ -104,9 +104,8 @@ class DeepSimVariant:
 
     def loss(self, name: str, feature_net, hub_image: torch.Tensor):
         """The DeepSim loss ``name`` with these options; ``hub_image`` ``(1, ...)`` is the feature nets' subject."""
-        make_loss(name, 3, feature_net)  # its checks: a feature net of the loss's mode and dimension
         quantiles = foreground_quantiles(hub_image) if self.deepsim_histogram_match else None
-        return DeepSimLoss(feature_net, before_warp=self.deepsim_before_warp, reference_quantiles=quantiles)
+        return make_loss(name, 3, feature_net, before_warp=self.deepsim_before_warp, reference_quantiles=quantiles)
 
     def feature_nets(self, vols, images: list, modes, steps: int, lr: float, factor: int, seed: int, hub: int,
                      log=print) -> tuple[dict, dict]:

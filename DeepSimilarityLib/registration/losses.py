@@ -194,14 +194,17 @@ class NCCSupervised(nn.Module):
         return self.ncc(warped, fixed) + self.weight * self.dice(warped_labels, fixed_labels)
 
 
-def make_loss(name: str, spatial_dims: int, feature_net: nn.Module | None = None) -> nn.Module:
-    """The loss called ``name`` (see :data:`LOSSES`); DeepSim losses need their ``feature_net``.
+def make_loss(name: str, spatial_dims: int, feature_net: nn.Module | None = None, **deepsim_options) -> nn.Module:
+    """The loss called ``name`` (see :data:`LOSSES`); DeepSim losses need their ``feature_net`` and take
+    ``deepsim_options``, the keywords of :class:`DeepSimLoss` (``before_warp``, ``reference_quantiles``).
 
     ``ctmr-learned`` takes a :class:`~DeepSimilarityLib.ctmr.similarity_net.PatchSimilarityNet` as
     ``feature_net`` and otherwise loads the shipped ``weights/ctmr_similarity.pt``.
     """
     if name not in LOSSES:
         raise InputError("loss", f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    if deepsim_options and not name.startswith("deepsim"):
+        raise InputError("loss", f"{sorted(deepsim_options)} are options of the DeepSim losses, not of {name}")
     if name == "ctmr-learned":
         return _ctmr_learned(spatial_dims, feature_net)
     if name == "mse":
@@ -221,7 +224,7 @@ def make_loss(name: str, spatial_dims: int, feature_net: nn.Module | None = None
         raise InputError("features", f"the {name} loss needs a '{name.split('-')[1]}' feature network, got '{mode}'")
     if getattr(feature_net, "dims", spatial_dims) != spatial_dims:
         raise InputError("features", f"feature network is {feature_net.dims}D but the images are {spatial_dims}D")
-    return DeepSimLoss(feature_net)
+    return DeepSimLoss(feature_net, **deepsim_options)
 
 
 def _ctmr_learned(spatial_dims: int, net: nn.Module | None) -> nn.Module:

@@ -80,6 +80,9 @@ def test_loss_registry_errors():
         make_loss("deepsim-seg", 2, FeatureNet(2, "ae"))
     with pytest.raises(InputError, match="3D"):
         make_loss("deepsim-ae", 2, FeatureNet(3, "ae"))
+    with pytest.raises(InputError, match="options of the DeepSim losses, not of ncc"):
+        make_loss("ncc", 2, before_warp=True)
+    assert make_loss("deepsim-seg", 2, FeatureNet(2, "seg"), before_warp=True).before_warp
     with pytest.raises(InputError, match="label"):
         make_loss("ncc-sup", 2)(blobs((16, 16)), blobs((16, 16)))
 
