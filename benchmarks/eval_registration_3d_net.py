@@ -23,6 +23,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,9 +35,19 @@ from DeepSimilarityLib.paths import missing_shared_data
 RESULTS = Path(__file__).parent / "results"
 
 
+def _channels(text: str) -> tuple:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated whole numbers: {text!r}") from None
+
+
 def main(argv=None):
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
+    from DeepSimilarityLib.errors import InputError
+    from DeepSimilarityLib.registration.experiment3d import BLOCK_LABELS
     from DeepSimilarityLib.registration.experiment3d_net import DeepSimVariant, run_and_report_3d_net
+    from DeepSimilarityLib.registration.feature_net import ENCODERS
     from DeepSimilarityLib.registration.report_net3d import merge_3d_net_folds, merge_3d_net_results, report_3d_net
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +64,8 @@ def main(argv=None):
     p.add_argument("--feature-intensity", action="store_true",
                    help="train the DeepSim feature nets on a new random contrast of the hub subject every step "
                         "(bias field, gamma, noise)")
-    p.add_argument("--feature-encoder", default="pooled", choices=["pooled", "strided"],
+    # The feature-net and DeepSim options are DeepSimVariant's fields, by name, with its defaults.
+    p.add_argument("--feature-encoder", default=DeepSimVariant.feature_encoder, choices=ENCODERS,
                    help="DeepSim feature-net encoder: pooled (instance norm, first level at full resolution; "
                         "default) or strided (the paper's stride-2 stages without normalisation)")
     p.add_argument("--deepsim-before-warp", action="store_true",
@@ -62,16 +74,17 @@ def main(argv=None):
     p.add_argument("--deepsim-histogram-match", action="store_true",
                    help="DeepSim losses map every image onto the hub subject's foreground intensity quantiles "
                         "before the feature net (which learned from the hub alone)")
-    p.add_argument("--feature-channels", default="16,32,32", help="DeepSim feature-net channels per level")
-    p.add_argument("--feature-dropout", type=float, default=0.0,
+    p.add_argument("--feature-channels", type=_channels, default=DeepSimVariant.feature_channels,
+                   help="DeepSim feature-net channels per level, comma-separated (default 16,32,32)")
+    p.add_argument("--feature-dropout", type=float, default=DeepSimVariant.feature_dropout,
                    help="dropout after every feature-net convolution while it trains (default 0)")
-    p.add_argument("--feature-block-labels", default="corner", choices=["corner", "majority"],
+    p.add_argument("--feature-block-labels", default=DeepSimVariant.feature_block_labels, choices=sorted(BLOCK_LABELS),
                    help="segmentation targets of the DeepSim feature nets on the network grid: the label at each "
                         "block's corner voxel (default) or each block's most frequent label")
     p.add_argument("--feature-phases", action="store_true",
                    help="train the DeepSim feature nets on the hub block-averaged at every grid offset (64 exact "
                         "sub-voxel shifts at factor 4) instead of offset 0 alone; same number of steps")
-    p.add_argument("--feature-ensemble", type=int, default=1,
+    p.add_argument("--feature-ensemble", type=int, default=DeepSimVariant.feature_ensemble,
                    help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
@@ -114,12 +127,10 @@ def main(argv=None):
     if instance is None:
         print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    variant = DeepSimVariant(
-        feature_augment=args.feature_augment, feature_intensity=args.feature_intensity,
-        feature_encoder=args.feature_encoder, feature_channels=tuple(int(c) for c in args.feature_channels.split(",")),
-        feature_dropout=args.feature_dropout, feature_ensemble=args.feature_ensemble,
-        feature_block_labels=args.feature_block_labels, feature_phases=args.feature_phases,
-        deepsim_before_warp=args.deepsim_before_warp, deepsim_histogram_match=args.deepsim_histogram_match)
+    try:
+        variant = DeepSimVariant(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DeepSimVariant)})
+    except InputError as e:
+        p.error(str(e))
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
                           factors, args.lambda_rule, fold=args.fold, seed=args.seed, augment=not args.no_augment,
