@@ -2,8 +2,10 @@
 
 Mixed into DeepSimilarityLogic. The module keeps one *current* network per
 kind (``self.networks``); the other panels use it (learned heat map metric,
-registration network, retrieval encoder). No GUI code; bad input raises
-ValueError naming the parameter before anything changes.
+registration network, retrieval encoder). DeepSim feature nets may be several
+(``add=True``): a registration net trained here then averages its DeepSim loss
+over them, as ``deepsim train registration --features a.pt b.pt`` does. No GUI
+code; bad input raises ValueError naming the parameter before anything changes.
 """
 
 import datetime
@@ -33,6 +35,11 @@ def _check_kind(kind):
         raise ValueError(f"model kind: {kind!r} is not one of {', '.join(MANIFEST_KINDS)}")
 
 
+def _check_add(kind, add) -> None:
+    if add and kind != "deepsim":
+        raise ValueError(f"add: only DeepSim feature nets form an ensemble, not {KIND_TITLES[kind]} networks")
+
+
 def _load_as(kind, path):
     """Load ``path`` with the loader of ``kind``; what is loaded tells whether the file is that kind."""
     if kind == "similarity":
@@ -55,12 +62,27 @@ def _load_as(kind, path):
             raise ValueError(f"it holds a {net.config.get('kind')} model")
 
 
+def _check_feature_ensemble(paths) -> None:
+    """ValueError unless the DeepSim feature nets at ``paths`` can be averaged (same depth, dimension, mode)."""
+    from DeepSimilarityLib.registration.feature_net import load_feature_net
+
+    nets = [load_feature_net(p) for p in paths]
+    first = nets[0]
+    for path, net in zip(paths[1:], nets[1:]):
+        if (net.dims, net.mode, len(net.config["channels"])) != (first.dims, first.mode, len(first.config["channels"])):
+            raise ValueError(f"DeepSim feature net: {os.path.basename(str(path))} ({net.dims}D, {net.mode}, "
+                             f"{len(net.config['channels'])} levels) cannot join {os.path.basename(str(paths[0]))} "
+                             f"({first.dims}D, {first.mode}, {len(first.config['channels'])} levels) in one "
+                             "ensemble; uncheck 'Add to the current feature nets' to replace them")
+
+
 class NetworksLogicMixin:
     """Methods of DeepSimilarityLogic for the Networks panel."""
 
     @property
     def networks(self) -> dict:
-        """Current weights file per model kind (absent: the shipped default, where there is one)."""
+        """Current weights file per model kind (absent: the shipped default, where there is one); for
+        ``deepsim``, a list of files when several feature nets form an ensemble."""
         if not hasattr(self, "_networks"):
             self._networks = {}
         return self._networks
@@ -102,8 +124,10 @@ class NetworksLogicMixin:
         lines.append(f"sha256: {entry.get('sha256', '-')}")
         return "\n".join(lines)
 
-    def load_shipped_network(self, kind, file_name):
-        """Make a shipped weights file the current ``kind`` network, after its sha256 check; returns its path."""
+    def load_shipped_network(self, kind, file_name, add=False):
+        """Make a shipped weights file the current ``kind`` network, after its sha256 check; returns its path.
+
+        ``add``: see :meth:`make_current`."""
         from DeepSimilarityLib.errors import InputError
         from DeepSimilarityLib.paths import shipped_weights
 
@@ -114,23 +138,46 @@ class NetworksLogicMixin:
             path = shipped_weights(file_name)
         except InputError as exc:
             raise ValueError(f"weights: {exc}") from None
-        self.networks[kind] = str(path)
-        return str(path)
+        return self.make_current(kind, str(path), add)
 
-    def load_network_file(self, kind, path):
-        """Make a weights file the current ``kind`` network after loading it as one; returns the path."""
+    def load_network_file(self, kind, path, add=False):
+        """Make a weights file the current ``kind`` network after loading it as one; returns the path.
+
+        ``add``: see :meth:`make_current`."""
         _check_kind(kind)
+        _check_add(kind, add)
         if not path or not os.path.isfile(str(path)):
             raise ValueError(f"weights: file '{path}' not found")
         try:
             _load_as(kind, str(path))
         except Exception as exc:  # any loader error means: not a usable network of this kind
             raise ValueError(f"weights: {path} is not a {KIND_TITLES[kind]} network ({exc})") from None
-        self.networks[kind] = os.path.abspath(str(path))
-        return self.networks[kind]
+        return self.make_current(kind, os.path.abspath(str(path)), add)
+
+    def make_current(self, kind, path, add=False) -> str:
+        """``path`` becomes the current ``kind`` network; returns it.
+
+        ``add`` (DeepSim feature nets only): it joins the current feature nets instead of replacing them, if
+        all have the same depth, dimension and mode; with none current it is the first.
+        """
+        _check_add(kind, add)
+        current = self.current_networks(kind) if add else []
+        if path in current:
+            return path
+        if current:
+            _check_feature_ensemble(current + [path])
+        self.networks[kind] = current + [path] if current else path
+        return path
+
+    def current_networks(self, kind) -> list:
+        """The current ``kind`` network's file as a one-item list, or the files of a feature-net ensemble;
+        [] when none is current."""
+        current = self.networks.get(kind)
+        return [] if not current else list(current) if isinstance(current, list) else [current]
 
     def network_for(self, kind, default_file=None):
-        """Current ``kind`` network, else the shipped ``default_file`` (sha256-checked), else None."""
+        """Current ``kind`` network (a list for a feature-net ensemble), else the shipped ``default_file``
+        (sha256-checked), else None."""
         if self.networks.get(kind):
             return self.networks[kind]
         if default_file:
@@ -141,7 +188,7 @@ class NetworksLogicMixin:
 
     def training_job(self, kind, out_path=None, epochs=10, pairs=2000, bits=64, ctNode=None, mrNode=None,
                      imageNode=None, labelNode=None, images_folder=None, labels_csv=None, loss="deepsim",
-                     threads=0, launcher=None, volume3D=False, trainingVolumes=None):
+                     threads=0, launcher=None, volume3D=False, trainingVolumes=None, add=False):
         """A background :class:`Job` training a ``kind`` network; on success it becomes the current one.
 
         Inputs per kind: ``similarity`` a registered CT/MR pair of scene volumes (``pairs``);
@@ -150,13 +197,15 @@ class NetworksLogicMixin:
         ``registration`` with ``loss`` (``epochs``) on two or more ``trainingVolumes`` of one modality
         (2D or 3D), or on the shared brain MR data when none are given; ``siamese`` and ``hashing`` an
         image folder with a labels CSV (``epochs``, ``bits``). ``out_path``: the weights file (default:
-        ~/DeepSimilarity/networks/).
+        ~/DeepSimilarity/networks/). ``add`` (``deepsim``): the trained net joins the current feature
+        nets (:meth:`make_current`) instead of replacing them, trained with seed = their number.
         """
         import DeepSimilarityJobs as jobs
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.image_io import write_image
 
         _check_kind(kind)
+        _check_add(kind, add)
         if int(epochs) < 1:
             raise ValueError(f"epochs: must be at least 1, got {epochs}")
         out_path = str(out_path or self.default_network_path(kind))
@@ -182,6 +231,10 @@ class NetworksLogicMixin:
                 raise ValueError("training label map: must have the training image's grid")
             args = ["train", "features", "--mode", "seg", "--image", "{image}", "--labels", "{labels}",
                     "--epochs", int(epochs)] + (["--dims", 3] if volume3D else [])
+            if add:  # refuse now what make_current would refuse after the training
+                self._check_joins_ensemble(3 if volume3D else 2)
+                # A net trained on the same image with the same seed would repeat one already there.
+                args += ["--seed", len(self.current_networks(kind))]
         elif kind == "registration":
             loss_name = "deepsim-seg" if loss == "deepsim" else loss
             args = ["train", "registration", "--loss", loss_name, "--epochs", int(epochs)]
@@ -195,9 +248,11 @@ class NetworksLogicMixin:
                     raise ValueError("training volumes: check two or more scene volumes, or provide the shared "
                                      "brain MR data (set DEEPSIM_DATA)")
             if loss_name == "deepsim-seg":
-                features = self.network_for("deepsim", "deepsim_features_seg_2d.pt")
-                self._check_feature_net_dims(features, next(iter(volumes.values())).ndim if volumes else 2)
-                args += ["--features", features]
+                self.network_for("deepsim", "deepsim_features_seg_2d.pt")  # the shipped one if none is current
+                features = self.current_networks("deepsim")
+                for path in features:
+                    self._check_feature_net_dims(path, next(iter(volumes.values())).ndim if volumes else 2)
+                args += ["--features"] + features
         else:
             if not images_folder or not os.path.isdir(str(images_folder)):
                 raise ValueError(f"image folder: '{images_folder}' is not a folder")
@@ -218,8 +273,7 @@ class NetworksLogicMixin:
         args = [str(a).format(**files) for a in args] + ["--out", out_path]
 
         def on_success(job):
-            self.networks[kind] = out_path
-            return out_path
+            return self.make_current(kind, out_path, add)
 
         return self.background_job(jobs.deepsim_command(*args), f"training the {KIND_TITLES[kind]}", on_success,
                                    folder, launcher)
@@ -255,6 +309,18 @@ class NetworksLogicMixin:
             raise ValueError(f"DeepSim feature net: the current one ({os.path.basename(str(path))}) is for {net_dims}D "
                              f"images and the training volumes are {dims}D; train a DeepSim feature net with "
                              f"{how} first, or load one")
+
+    def _check_joins_ensemble(self, dims) -> None:
+        """ValueError unless a new ``dims``-D segmentation feature net can join the current feature nets."""
+        from DeepSimilarityLib.registration.feature_net import load_feature_net
+
+        for path in self.current_networks("deepsim"):
+            net = load_feature_net(path)
+            if (net.dims, net.mode) != (dims, "seg"):
+                how = "" if net.dims == dims else f"{'check' if net.dims == 3 else 'uncheck'} 'Whole volume (3D)', or "
+                raise ValueError(f"add: the current feature net {os.path.basename(str(path))} is a {net.dims}D "
+                                 f"{net.mode} net and this training makes a {dims}D seg net; {how}uncheck 'Add to "
+                                 "the current feature nets' to replace them")
 
     @staticmethod
     def default_network_path(kind) -> str:

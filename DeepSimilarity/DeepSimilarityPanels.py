@@ -14,8 +14,9 @@ from DeepSimilarityDependencies import ensure_dependencies
 # module does not import at load time): one epoch is one step on the whole volume.
 VOLUME_3D_EPOCHS = 120
 
-# Training inputs: (label widget, input widget) -> the model kinds that use them.
-TRAINING_ROWS = {
+# Inputs shown only for some model kinds: (label widget, input widget) -> the kinds that use them.
+KIND_ROWS = {
+    ("addFeatureNetLabel", "addFeatureNetCheckBox"): ("deepsim",),
     ("trainCtVolumeLabel", "trainCtVolumeSelector"): ("similarity",),
     ("trainMrVolumeLabel", "trainMrVolumeSelector"): ("similarity",),
     ("pairsLabel", "pairsSpinBox"): ("similarity",),
@@ -56,7 +57,7 @@ class NetworksPanel:
         for name in self.logic.shipped_networks(kind):
             combo.addItem(name)
         combo.blockSignals(wasBlocked)
-        for names, kinds in TRAINING_ROWS.items():
+        for names, kinds in KIND_ROWS.items():
             for name in names:
                 getattr(self.ui, name).setVisible(kind in kinds)
         self.ui.loadShippedButton.enabled = combo.count > 0
@@ -64,8 +65,14 @@ class NetworksPanel:
         self.showCurrent()
 
     def showCurrent(self) -> None:
-        current = self.logic.networks.get(self._kind)
-        self.ui.currentNetworkLabel.text = os.path.basename(current) if current else "shipped default (if any)"
+        current = [os.path.basename(path) for path in self.logic.current_networks(self._kind)]
+        self.ui.currentNetworkLabel.text = (" + ".join(current) + (f" (ensemble of {len(current)})" if len(current) > 1
+                                            else "")) if current else "shipped default (if any)"
+
+    def _add(self) -> bool:
+        """'Add to the current feature nets' is checked and applies (DeepSim feature nets only)."""
+        p = self.widget._parameterNode
+        return self._kind == "deepsim" and p is not None and p.addFeatureNet
 
     def onShippedChanged(self, index=None) -> None:
         name = self.ui.shippedWeightsComboBox.currentText
@@ -75,13 +82,13 @@ class NetworksPanel:
     def onLoadShippedButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not load the shipped weights.", waitCursor=True):
             ensure_dependencies()
-            self.logic.load_shipped_network(self._kind, self.ui.shippedWeightsComboBox.currentText)
+            self.logic.load_shipped_network(self._kind, self.ui.shippedWeightsComboBox.currentText, add=self._add())
             self.showCurrent()
 
     def onLoadWeightsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not load the weights file.", waitCursor=True):
             ensure_dependencies()
-            path = self.logic.load_network_file(self._kind, self.ui.weightsPathLineEdit.currentPath)
+            path = self.logic.load_network_file(self._kind, self.ui.weightsPathLineEdit.currentPath, add=self._add())
             self.ui.manifestTextBrowser.setPlainText(f"{path}\n(your own file: no manifest entry)")
             self.showCurrent()
 
@@ -103,7 +110,7 @@ class NetworksPanel:
                 bits=p.bits, ctNode=p.trainCtVolume, mrNode=p.trainMrVolume, imageNode=p.trainImageVolume,
                 labelNode=p.trainLabelVolume, images_folder=self.ui.trainImagesPathLineEdit.currentPath,
                 labels_csv=self.ui.trainCsvPathLineEdit.currentPath, loss=p.registrationLoss,
-                volume3D=p.trainVolume3D, trainingVolumes=self.ui.trainVolumesSelector.checkedNodes())
+                volume3D=p.trainVolume3D, trainingVolumes=self.ui.trainVolumesSelector.checkedNodes(), add=self._add())
             self.widget.runJob(job, self.ui.trainButton, self.onTrained)
 
     def onTrained(self, path) -> None:

@@ -36,6 +36,7 @@ EXPECTED_WIDGETS = {
     "trainImageVolumeSelector": "qMRMLNodeComboBox",
     "trainLabelVolumeSelector": "qMRMLNodeComboBox",
     "trainVolume3DCheckBox": "QCheckBox",
+    "addFeatureNetCheckBox": "QCheckBox",
     "trainVolumesSelector": "qMRMLCheckableNodeComboBox",
     "trainImagesPathLineEdit": "ctkPathLineEdit",
     "trainCsvPathLineEdit": "ctkPathLineEdit",
@@ -100,6 +101,7 @@ EXPECTED_BINDINGS = {
     "trainCtVolumeSelector": "trainCtVolume",
     "trainLabelVolumeSelector": "trainLabelVolume",
     "trainVolume3DCheckBox": "trainVolume3D",
+    "addFeatureNetCheckBox": "addFeatureNet",
 }
 
 PANELS = ["Networks", "Similarity heat map", "Registration", "Retrieval"]
@@ -375,7 +377,7 @@ def test_self_ui_names_exist_in_the_ui(ui_tree):
                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
     assert {"heatmapButton", "trainButton", "shippedWeightsComboBox"} <= used  # the scan sees the panel files
     panels = ast.parse((MODULE_DIR / "DeepSimilarityPanels.py").read_text(encoding="utf-8"))
-    rows = next(n for n in panels.body if isinstance(n, ast.Assign) and n.targets[0].id == "TRAINING_ROWS")
+    rows = next(n for n in panels.body if isinstance(n, ast.Assign) and n.targets[0].id == "KIND_ROWS")
     for key in rows.value.keys:  # (label widget, input widget) pairs
         used |= {element.value for element in key.elts}
     missing = sorted(used - set(widgets_by_name(ui_tree)))

@@ -216,6 +216,72 @@ def test_3d_training_from_the_scene_whole_volume_features_then_registration_on_c
     assert len(launcher.calls) == calls and not (tmp_path / "x.pt").exists()
 
 
+def test_added_feature_nets_form_an_ensemble_that_registration_training_averages_over(logic, tmp_path):
+    """'Add to the current feature nets' keeps the current ones; a DeepSim registration net trained after it gets
+    every one of them (``--features a b``); nets that cannot be averaged are refused before anything changes."""
+    from DeepSimilarityLib.registration.feature_net import FeatureNet, save_feature_net
+
+    shipped = str(ROOT / "weights" / "deepsim_features_seg_2d.pt")
+    seed1 = tmp_path / "seed1.pt"
+    shutil.copy(shipped, seed1)
+    logic.load_shipped_network("deepsim", "deepsim_features_seg_2d.pt")
+    assert logic.load_network_file("deepsim", seed1, add=True) == str(seed1)
+    logic.load_network_file("deepsim", seed1, add=True)  # already one of them: not twice
+    assert logic.current_networks("deepsim") == [shipped, str(seed1)]
+    volume3d = tmp_path / "f3d.pt"
+    save_feature_net(FeatureNet(3, "seg", 4), volume3d)
+    with pytest.raises(ValueError, match=r"DeepSim feature net: f3d.pt \(3D, seg, 3 levels\) cannot join "
+                                         r"deepsim_features_seg_2d.pt \(2D, seg, 3 levels\)"):
+        logic.load_network_file("deepsim", volume3d, add=True)
+    with pytest.raises(ValueError, match="add: only DeepSim feature nets form an ensemble"):
+        logic.load_network_file("registration", ROOT / "weights" / "registration_deepsim_seg_2d.pt", add=True)
+    assert logic.current_networks("deepsim") == [shipped, str(seed1)] and "registration" not in logic.networks
+
+    seen = []
+
+    def launcher(args, env):
+        seen.append(args[4:])
+        shutil.copy(ROOT / "weights" / "registration_deepsim_seg_2d.pt", args[args.index("--out") + 1])
+        return _Finished([], 0)
+
+    nodes = [add_volume(make_head_phantom((64, 64), seed=s).mr, f"slice{s}") for s in (1, 2)]
+    job = finish(logic.training_job("registration", tmp_path / "r.pt", epochs=1, loss="deepsim",
+                                    trainingVolumes=nodes, launcher=launcher))
+    assert job.state == "succeeded", job.error
+    assert seen[0][seen[0].index("--features") + 1:seen[0].index("--out")] == [shipped, str(seed1)]
+    # Training a 3D net to add to 2D ones is refused before it starts; a 2D one joins once trained.
+    import DeepSimilarityNodes
+
+    def image_and_labels(shape, name):
+        phantom = make_head_phantom(shape, seed=1)
+        labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name}_labels")
+        DeepSimilarityNodes.update_node_from_volume(
+            phantom.labels.with_array(phantom.labels.array.astype(np.int16)), labels)
+        return add_volume(phantom.mr, name), labels
+
+    image3d, labels3d = image_and_labels((32, 32, 32), "head3d")
+    with pytest.raises(ValueError, match=r"add: the current feature net deepsim_features_seg_2d.pt is a 2D seg net "
+                                         r"and this training makes a 3D seg net; uncheck 'Whole volume \(3D\)'"):
+        logic.training_job("deepsim", tmp_path / "x.pt", imageNode=image3d, labelNode=labels3d, volume3D=True,
+                           add=True, launcher=launcher)
+    assert len(seen) == 1
+
+    def feature_launcher(args, env):
+        seen.append(args[4:])
+        shutil.copy(shipped, args[args.index("--out") + 1])
+        return _Finished([], 0)
+
+    image2d, labels2d = image_and_labels((64, 64), "head2d")
+    job = finish(logic.training_job("deepsim", tmp_path / "seed2.pt", epochs=1, imageNode=image2d, labelNode=labels2d,
+                                    add=True, launcher=feature_launcher))
+    assert job.state == "succeeded", job.error
+    assert seen[-1][seen[-1].index("--seed") + 1] == "2"  # not the seed of a net already there
+    assert logic.current_networks("deepsim") == [shipped, str(seed1), str(tmp_path / "seed2.pt")]
+    # Without 'add', a net replaces the ensemble.
+    logic.load_network_file("deepsim", seed1)
+    assert logic.networks["deepsim"] == str(seed1) and logic.current_networks("deepsim") == [str(seed1)]
+
+
 def test_a_failed_training_keeps_the_current_network(logic, tmp_path):
     p = make_head_phantom((64, 64), seed=2)
     flat_ct = dataclasses.replace(p.ct, array=np.full_like(p.ct.array, 40.0))  # soft tissue only: no bone anywhere
@@ -591,7 +657,7 @@ def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
         def setReadOnly(self, value):
             self.readOnly = value
 
-    names = {n for pair in panels.TRAINING_ROWS for n in pair} | {
+    names = {n for pair in panels.KIND_ROWS for n in pair} | {
         "loadShippedButton", "loadWeightsButton", "trainButton", "manifestTextBrowser", "currentNetworkLabel",
         "weightsPathLineEdit"}
     ui = types.SimpleNamespace(**{n: Any(text="", enabled=True, currentPath="") for n in names})
@@ -622,7 +688,15 @@ def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
     ui.trainVolume3DCheckBox.slot(True)
     ui.trainVolume3DCheckBox.slot(False)
     assert widget._parameterNode.epochs == 300
-    panel.showKind("similarity")
+    assert ui.addFeatureNetCheckBox.visible
+    widget._parameterNode.addFeatureNet = True
     panel.onLoadShippedButton()
+    assert ui.currentNetworkLabel.text == "deepsim_features_seg_2d.pt"
+    widget.logic.networks["deepsim"] = [widget.logic.networks["deepsim"], "/x/seed1.pt"]
+    panel.showCurrent()
+    assert ui.currentNetworkLabel.text == "deepsim_features_seg_2d.pt + seed1.pt (ensemble of 2)"
+    panel.showKind("similarity")
+    assert not ui.addFeatureNetCheckBox.visible
+    panel.onLoadShippedButton()  # 'add' applies to feature nets only: here it replaces, checked or not
     assert widget.logic.networks["similarity"].endswith("ctmr_similarity.pt")
     assert ui.currentNetworkLabel.text == "ctmr_similarity.pt"
