@@ -159,7 +159,7 @@ def run_and_report_3d(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benc
     import time
     from pathlib import Path
 
-    from .report import write_report
+    from .report import instance_protocol, write_report
 
     t0 = time.perf_counter()
     kw = dict(steps=20, lambda_factors=(1.0,), feature_steps=10, bspline=False) if quick else \
@@ -169,11 +169,8 @@ def run_and_report_3d(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benc
     s["minutes_total"] = (time.perf_counter() - t0) / 60
     g = "x".join(str(n) for n in s["network_grid"])
     header = (f"3D brain MR registration, six directed pairs of vxm / OASIS 0001 / OASIS 0002, per-pair instance "
-              f"optimisation (no registration network)\n\nDisplacement optimised on the {g} grid ({s['factor']}x "
-              f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
-              f"lambda per loss from "
-              f"{len(s['lambda_factors'])} values, the smallest with folding < 1% on the calibration pair "
-              f"{s['calibration_pair']} (no labels read). DeepSim feature nets: 3D, {s['feature_steps']} steps, "
+              f"optimisation (no registration network)\n\n{instance_protocol(s, 'the calibration pair')} "
+              f"DeepSim feature nets: 3D, {s['feature_steps']} steps, "
               f"trained for each pair on the third subject only. Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid; folding on the optimisation grid; time = optimisation "
               f"per pair on one CPU thread (B-spline MI: SimpleITK, same {g} images). {s['minutes_total']:.1f} min "

@@ -93,7 +93,7 @@ def run_and_report_em(losses=INSTANCE_LOSSES, quick: bool = False,
     import time
     from pathlib import Path
 
-    from .report import write_report
+    from .report import instance_protocol, write_report
 
     t0 = time.perf_counter()
     kw = dict(steps=20, lambda_factors=(1.0,), feature_epochs=3, bspline=False) if quick else \
@@ -101,12 +101,9 @@ def run_and_report_em(losses=INSTANCE_LOSSES, quick: bool = False,
     result = run_comparison_em(list(losses), both_directions=both_directions, levels=levels, log=log, **kw)
     s = result["setup"]
     s["minutes_total"] = (time.perf_counter() - t0) / 60
-    g = "x".join(str(n) for n in s["network_grid"])
     header = (f"Serial-section EM registration (ISBI 2012), {len(s['pairs'])} consecutive pairs of held-out sections "
-              f"16..29, per-pair instance optimisation\n\nDisplacement optimised on the {g} grid ({s['factor']}x "
-              f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
-              f"lambda per loss from {len(s['lambda_factors'])} values, the smallest with folding < 1% on the first "
-              f"pair {s['calibration_pair']} (no labels read). DeepSim feature nets trained on sections 0..13 "
+              f"16..29, per-pair instance optimisation\n\n{instance_protocol(s, 'the first pair')} "
+              f"DeepSim feature nets trained on sections 0..13 "
               f"({s['feature_epochs']} epochs). 'mean Dice' = Dice of the warped membrane mask vs the fixed "
               f"section's membranes on the full {'x'.join(str(n) for n in s['grid'])} grid; 'affine only' = "
               f"identity (the stack is pre-aligned); folding on the optimisation grid; time per pair on one CPU "

@@ -59,6 +59,16 @@ def box_plot(result: dict, path: Path, title: str):
     plt.close(fig)
 
 
+def instance_protocol(setup: dict, calibration: str) -> str:
+    """The sentence that states an instance-optimisation run's grid, levels, steps and lambda rule, from its
+    ``setup``; ``calibration`` names the pair lambda was chosen on (e.g. "the first pair")."""
+    s = setup
+    return (f"Displacement optimised on the {'x'.join(str(n) for n in s['network_grid'])} grid ({s['factor']}x "
+            f"block-averaged, {s['levels']} coarse-to-fine level(s) of {s['steps']} Adam steps, lr {s['lr']}); "
+            f"lambda per loss from {len(s['lambda_factors'])} values, the smallest with folding < 1% on "
+            f"{calibration} {s['calibration_pair']} (no labels read).")
+
+
 def write_report(result: dict, out_dir, stem: str, header: str, title: str | None = None, paper: bool = True,
                  footer: str = "") -> str:
     """Writes ``stem.json``, ``stem.md`` and ``stem.png`` (box plot titled ``title``) into ``out_dir``.
