@@ -11,6 +11,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
         [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--feature-phases]
+        [--feature-levels 2]
         [--seed 0] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
@@ -86,6 +87,8 @@ def main(argv=None):
                         "sub-voxel shifts at factor 4) instead of offset 0 alone; same number of steps")
     p.add_argument("--feature-ensemble", type=int, default=DeepSimVariant.feature_ensemble,
                    help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
+    p.add_argument("--feature-levels", type=int, default=DeepSimVariant.feature_levels,
+                   help="DeepSim over each feature net's this many finest levels (default 0: all)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
     p.add_argument("--no-augment", action="store_true",

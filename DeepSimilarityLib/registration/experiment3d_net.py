@@ -36,7 +36,7 @@ from .augmentation import augment_intensity, augment_labelled, augment_pairs, in
 from .compare import FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, smallest_lambda_under
 from .data import load_brain_volumes
 from .experiment3d import BLOCK_LABELS, downsampled, feature_nets, score
-from .feature_net import ENCODERS, FeatureEnsemble
+from .feature_net import ENCODERS, FeatureEnsemble, FinestLevels
 from .losses import foreground_quantiles, make_loss
 from .network import resize_displacement, warp_image, warp_nearest
 from .report_net3d import merge_3d_net_folds, report_3d_net
@@ -79,6 +79,7 @@ class DeepSimVariant:
     feature_block_labels: str = "corner"  # the segmentation targets on the network grid: experiment3d.BLOCK_LABELS
     feature_phases: bool = False  # train on the hub block-averaged at every grid offset (experiment3d.block_phases)
     feature_ensemble: int = 1  # nets from seeds seed, seed + 1, ...; DeepSim averages over them (FeatureEnsemble)
+    feature_levels: int = 0  # DeepSim over each net's this many finest levels (FinestLevels); 0: all of them
     deepsim_before_warp: bool = False  # compare the warped moving image's feature maps (DeepSimLoss.before_warp)
     deepsim_histogram_match: bool = False  # map every DeepSim input onto the hub's foreground intensity quantiles
 
@@ -93,6 +94,10 @@ class DeepSimVariant:
         if int(self.feature_ensemble) != self.feature_ensemble or self.feature_ensemble < 1:
             raise InputError("feature_ensemble", f"must be a whole number >= 1, not {self.feature_ensemble!r}")
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
+        depth = len(self.feature_channels)
+        if int(self.feature_levels) != self.feature_levels or not 0 <= self.feature_levels <= depth:
+            raise InputError("feature_levels", f"must be 0 (all) to the {depth} levels of "
+                                               f"feature_channels, not {self.feature_levels!r}")
 
     def changed(self) -> dict:
         """``{field: value}`` for the fields that differ from their defaults (tuples as lists, as in JSON)."""
@@ -110,7 +115,8 @@ class DeepSimVariant:
     def feature_nets(self, vols, images: list, modes, steps: int, lr: float, factor: int, seed: int, hub: int,
                      log=print) -> tuple[dict, dict]:
         """``({mode: net}, {name: training info})``: the hub's feature net per DeepSim mode, a
-        :class:`~.feature_net.FeatureEnsemble` of ``feature_ensemble`` nets when that is above 1.
+        :class:`~.feature_net.FeatureEnsemble` of ``feature_ensemble`` nets when that is above 1, each net
+        seen through :class:`~.feature_net.FinestLevels` when ``feature_levels`` is set.
         ``images``: the subjects' ``(1, 1, ...)`` network-grid images."""
         pose, contrast = torch.Generator().manual_seed(seed + 2), intensity_transform(seed + 3)
 
@@ -126,7 +132,9 @@ class DeepSimVariant:
                 encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout,
                 block_labels=self.feature_block_labels, phases=self.feature_phases)
             for mode in modes:
-                nets.setdefault(mode, []).append(trained[(mode, hub)])
+                net = trained[(mode, hub)]
+                nets.setdefault(mode, []).append(FinestLevels(net, self.feature_levels) if self.feature_levels
+                                                 else net)
             info.update({name + (f":seed{seed + k}" if k else ""): v for name, v in trained_info.items()})
         return {mode: ns[0] if len(ns) == 1 else FeatureEnsemble(ns) for mode, ns in nets.items()}, info
 

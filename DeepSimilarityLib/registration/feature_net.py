@@ -123,6 +123,25 @@ class FeatureEnsemble(nn.Module):
         return [m for net in self.nets for m in net.features(x)]
 
 
+class FinestLevels(nn.Module):
+    """The ``levels`` finest feature maps of a frozen feature net (or ensemble member): a DeepSim over
+    fewer, finer levels. Why: a coarse level's cosine changes little when structures a few voxels wide
+    are misaligned, so it may pull a registration towards a coarse match."""
+
+    def __init__(self, net: nn.Module, levels: int):
+        super().__init__()
+        depth = len(net.config["channels"])
+        if int(levels) != levels or not 1 <= levels <= depth:
+            raise InputError("levels", f"must be a whole number from 1 to the net's {depth} levels, not {levels!r}")
+        self.net, self.levels = net, int(levels)
+        self.dims, self.mode = net.dims, net.mode
+        self.config = {**net.config, "channels": net.config["channels"][:self.levels]}
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The first ``levels`` maps of the net's :meth:`FeatureNet.features` (finest first)."""
+        return self.net.features(x)[:self.levels]
+
+
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "seg",
                       epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, channels=(16, 32, 32), seed: int = 0,
                       on_epoch=None, should_stop=None, augment=None, encoder: str = "pooled",

@@ -108,6 +108,7 @@ HISTOGRAM_MATCHED = ("; every DeepSim input mapped onto the hub subject's foregr
                      "before the feature net")
 PHASES = ", at all {} block-averaging offsets (exact sub-voxel shifts)"
 MAJORITY = ", segmentation targets the most frequent label of each {0}x{0}x{0} block (not its corner voxel's)"
+LEVELS = "; DeepSim over the {} finest feature levels of each net, not all"
 ENSEMBLE = "; {} feature nets per DeepSim loss (seeds seed, seed + 1, ...), the loss averaged over them"
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
               "MONAI transforms)")
@@ -181,7 +182,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"{HISTOGRAM_MATCHED if s.get('deepsim_histogram_match') else ''}"
               f"{'; feature channels ' + str(s['feature_channels']) if s.get('feature_channels') else ''}"
               f"{'; feature-net dropout ' + str(s['feature_dropout']) if s.get('feature_dropout') else ''}"
-              f"{ENSEMBLE.format(s['feature_ensemble']) if s.get('feature_ensemble', 1) > 1 else ''}. "
+              f"{ENSEMBLE.format(s['feature_ensemble']) if s.get('feature_ensemble', 1) > 1 else ''}"
+              f"{LEVELS.format(s['feature_levels']) if s.get('feature_levels') else ''}. "
               f"Dice over seg35 labels on the full "
               f"{'x'.join(str(n) for n in s['grid'])} grid, "
               f"folding on the network grid; ms / pair = inference (network + upsampling the displacement) on one "

@@ -11,7 +11,7 @@ from DeepSimilarityLib.registration import (LOSSES, DeepSimLoss, FeatureNet, Reg
                                             train_registration)
 from DeepSimilarityLib.registration.checkpoint import save_checkpoint
 from DeepSimilarityLib.registration.evaluate import dice_scores, mean_dice
-from DeepSimilarityLib.registration.feature_net import FeatureEnsemble
+from DeepSimilarityLib.registration.feature_net import FeatureEnsemble, FinestLevels
 from DeepSimilarityLib.registration.losses import CROSS_MODALITY, foreground_quantiles, match_histogram
 from DeepSimilarityLib.registration.network import regulariser, resize_displacement, warp_image, warp_labels, warp_nearest
 
@@ -317,3 +317,24 @@ def test_feature_ensemble_similarity_is_the_mean_of_its_nets(dims):
     for bad in ([], [nets[0], FeatureNet(dims, "seg", 3, channels=(8, 16))], [nets[0], FeatureNet(dims, "ae")]):
         with pytest.raises(InputError, match="feature nets"):
             FeatureEnsemble(bad)
+
+
+def test_finest_levels_keep_a_nets_finest_maps_and_form_ensembles(dims):
+    torch.manual_seed(0)
+    shape = shape_of(dims)
+    net = FeatureNet(dims, "seg", 3).eval()
+    fine = FinestLevels(net, 2)
+    fixed, moving = blobs(shape), blobs(shape, 2.0)
+    maps, kept = net.features(fixed), fine.features(fixed)
+    assert len(kept) == 2 and all(torch.equal(a, b) for a, b in zip(kept, maps[:2]))
+    # DeepSim over the two finest levels is the mean of those levels' cosines alone.
+    per_level = [DeepSimLoss(FinestLevels(net, k)).similarity(moving, fixed) * k for k in (1, 2)]
+    assert torch.allclose(DeepSimLoss(fine).similarity(moving, fixed), per_level[1] / 2, atol=1e-6)
+    assert not torch.allclose(DeepSimLoss(fine).similarity(moving, fixed), DeepSimLoss(net).similarity(moving, fixed))
+    assert DeepSimLoss(fine)(fixed, fixed).item() == pytest.approx(0.0, abs=1e-6)
+    assert len(FeatureEnsemble([fine, FinestLevels(FeatureNet(dims, "seg", 3), 2)]).features(fixed)) == 4
+    with pytest.raises(InputError, match="feature nets"):  # 2 levels and 3 are not averaged together
+        FeatureEnsemble([fine, net])
+    for bad in (0, 4, 1.5):
+        with pytest.raises(InputError, match="levels"):
+            FinestLevels(net, bad)

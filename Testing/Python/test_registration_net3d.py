@@ -1,5 +1,6 @@
 """The trained-3D-network protocol (registration/experiment3d_net): augmentation, training, scoring, splits."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -332,7 +333,8 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert script.main(base + ["--no-augment", "--feature-intensity", "--feature-augment", "--fold", "2",
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
-                               "--feature-block-labels", "majority", "--feature-phases", "--seed", "5"]) == 0
+                               "--feature-block-labels", "majority", "--feature-phases", "--feature-levels", "2",
+                               "--seed", "5"]) == 0
     (_, default), (_, switched) = calls
     assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
@@ -340,8 +342,10 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert switched["variant"].changed() == {
         "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
-        "feature_block_labels": "majority", "feature_phases": True,
+        "feature_block_labels": "majority", "feature_phases": True, "feature_levels": 2,
         "deepsim_before_warp": True, "deepsim_histogram_match": True}
+    # Every field of the variant has its flag: a new field without one fails here.
+    assert set(switched["variant"].changed()) == {f.name for f in dataclasses.fields(net3d.DeepSimVariant)}
 
 
 def test_label_lines_count_where_deepsim_wins():
@@ -359,7 +363,8 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
     assert net3d.DeepSimVariant().changed() == {}
     assert net3d.DeepSimVariant(feature_channels=[8, 16, 16]).changed() == {"feature_channels": [8, 16, 16]}
     for bad in (dict(feature_encoder="resnet"), dict(feature_dropout=1.0), dict(feature_ensemble=0),
-                dict(feature_ensemble=1.5), dict(feature_block_labels="centre")):
+                dict(feature_ensemble=1.5), dict(feature_block_labels="centre"), dict(feature_levels=4),
+                dict(feature_levels=-1)):
         with pytest.raises(InputError, match=next(iter(bad))):
             net3d.DeepSimVariant(**bad)
     # Two subjects: a blob image with its blob as label 1, the hub is subject 1.
@@ -383,6 +388,10 @@ def test_deepsim_variant_checks_its_fields_and_builds_the_loss_and_an_ensemble()
         vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1, log=lambda *_: None)
     # Its one net is the ensemble's first: a single-net run reproduces runs made before ensembles existed.
     assert isinstance(single["seg"], FeatureNet) and torch.equal(single["seg"].features(images[0])[0], first)
+    finest, _ = net3d.DeepSimVariant(feature_channels=(4, 8, 8), feature_levels=2).feature_nets(
+        vols, images, ["seg"], steps=2, lr=1e-3, factor=1, seed=3, hub=1, log=lambda *_: None)
+    kept = finest["seg"].features(images[0])
+    assert len(kept) == 2 and torch.equal(kept[0], first)  # the same net, its two finest levels
 
 
 def test_majority_labels_take_each_blocks_most_frequent_label():
