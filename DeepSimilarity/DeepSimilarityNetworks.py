@@ -63,17 +63,20 @@ def _load_as(kind, path):
 
 
 def _check_feature_ensemble(paths) -> None:
-    """ValueError unless the DeepSim feature nets at ``paths`` can be averaged (same depth, dimension, mode)."""
-    from DeepSimilarityLib.registration.feature_net import load_feature_net
+    """ValueError unless the DeepSim feature nets at ``paths`` can be averaged (the library's
+    ``ensemble_key``: same depth, dimension and mode), naming the first file that cannot."""
+    from DeepSimilarityLib.registration.feature_net import ensemble_key, load_feature_net
 
-    nets = [load_feature_net(p) for p in paths]
-    first = nets[0]
-    for path, net in zip(paths[1:], nets[1:]):
-        if (net.dims, net.mode, len(net.config["channels"])) != (first.dims, first.mode, len(first.config["channels"])):
-            raise ValueError(f"DeepSim feature net: {os.path.basename(str(path))} ({net.dims}D, {net.mode}, "
-                             f"{len(net.config['channels'])} levels) cannot join {os.path.basename(str(paths[0]))} "
-                             f"({first.dims}D, {first.mode}, {len(first.config['channels'])} levels) in one "
-                             "ensemble; uncheck 'Add to the current feature nets' to replace them")
+    def describe(key):
+        levels, dims, mode = key
+        return f"{dims}D, {mode}, {levels} levels"
+
+    keys = [ensemble_key(load_feature_net(p)) for p in paths]
+    for path, key in zip(paths[1:], keys[1:]):
+        if key != keys[0]:
+            raise ValueError(f"DeepSim feature net: {os.path.basename(str(path))} ({describe(key)}) cannot join "
+                             f"{os.path.basename(str(paths[0]))} ({describe(keys[0])}) in one ensemble; uncheck "
+                             "'Add to the current feature nets' to replace them")
 
 
 class NetworksLogicMixin:

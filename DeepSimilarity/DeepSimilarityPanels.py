@@ -65,9 +65,9 @@ class NetworksPanel:
         self.showCurrent()
 
     def showCurrent(self) -> None:
-        current = [os.path.basename(path) for path in self.logic.current_networks(self._kind)]
-        self.ui.currentNetworkLabel.text = (" + ".join(current) + (f" (ensemble of {len(current)})" if len(current) > 1
-                                            else "")) if current else "shipped default (if any)"
+        names = [os.path.basename(path) for path in self.logic.current_networks(self._kind)]
+        text = " + ".join(names) or "shipped default (if any)"
+        self.ui.currentNetworkLabel.text = text + (f" (ensemble of {len(names)})" if len(names) > 1 else "")
 
     def _add(self) -> bool:
         """'Add to the current feature nets' is checked and applies (DeepSim feature nets only)."""

@@ -104,6 +104,11 @@ class FeatureNet(nn.Module):
         return self.head(y)
 
 
+def ensemble_key(net: nn.Module) -> tuple:
+    """``(levels, dims, mode)``: feature nets can be averaged in a :class:`FeatureEnsemble` when these agree."""
+    return len(net.config["channels"]), net.dims, net.mode
+
+
 class FeatureEnsemble(nn.Module):
     """Several frozen feature nets of equal depth seen as one: :meth:`features` lists every net's maps,
     net after net. :class:`~.losses.DeepSimLoss`'s mean over all these levels is then the mean over the
@@ -113,7 +118,7 @@ class FeatureEnsemble(nn.Module):
     def __init__(self, nets):
         super().__init__()
         nets = list(nets)
-        if not nets or len({(len(n.config["channels"]), n.dims, n.mode) for n in nets}) != 1:
+        if not nets or len({ensemble_key(n) for n in nets}) != 1:
             raise InputError("feature nets", "need one or more feature nets of the same depth, dimension and mode")
         self.nets = nn.ModuleList(nets)
         self.dims, self.mode = nets[0].dims, nets[0].mode
