@@ -11,7 +11,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
         [--feature-steps 120] [--feature-augment] [--feature-intensity] [--feature-encoder strided]
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
         [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--feature-phases]
-        [--feature-levels 2]
+        [--feature-levels 2] [--feature-propagated-labels]
         [--seed 0] [--no-augment]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
@@ -89,6 +89,9 @@ def main(argv=None):
                    help="DeepSim feature nets per loss, from seeds seed, seed + 1, ...; the loss averages over them")
     p.add_argument("--feature-levels", type=int, default=DeepSimVariant.feature_levels,
                    help="DeepSim over each feature net's this many finest levels (default 0: all)")
+    p.add_argument("--feature-propagated-labels", action="store_true",
+                   help="train each DeepSim feature net on all three subjects: the hub with its labels, the other two "
+                        "with the hub's labels carried onto them by NCC instance registration; same number of steps")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
     p.add_argument("--no-augment", action="store_true",

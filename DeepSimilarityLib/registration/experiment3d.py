@@ -22,11 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .compare import (FOLDING_LIMIT, INSTANCE_LOSSES, LAMBDA_CENTRE, LAMBDA_FACTORS, bspline_runs, collect,
                       compare_losses)
 from .data import downsample, load_brain_volumes, third_subject, volume_pairs
 from .evaluate import dice_scores, folding_fraction
 from .feature_net import train_feature_net
+from .instance import optimise_displacement
+from .losses import make_loss
 from .network import resize_displacement, warp_nearest
 
 
@@ -86,21 +89,57 @@ def block_phases(vols, subject: int, factor: int, block_labels: str = "corner") 
     return torch.cat(images), torch.cat(targets)
 
 
+# Label propagation by per-pair NCC instance optimisation: the 3D instance benchmark's settings
+# (registration_3d.json: 2 levels of 100 Adam steps, lr 0.1, and the lambda its folding rule chose for NCC).
+PROPAGATION = {"steps": 100, "lr": 0.1, "levels": 2, "lam": 0.25 * LAMBDA_CENTRE["ncc"]}
+
+
+def propagated_labels(vols, images, source: int, targets, log=print) -> dict[int, np.ndarray]:
+    """``{target: (D, H, W) labels}``: the ``source`` subject's full-grid labels carried onto each target subject.
+
+    The source image (moving) is registered to each target image (fixed) on the network grid by NCC
+    instance optimisation (:data:`PROPAGATION`), and its labels are warped by nearest neighbour with the
+    upsampled displacement, as :func:`score` warps them. Reads no label but the source's, so a target's
+    own labels stay held out. ``images``: every subject's ``(1, 1, d, h, w)`` network-grid image.
+    """
+    loss, out = make_loss("ncc", 3), {}
+    moving = torch.from_numpy(np.ascontiguousarray(vols.labels[source], dtype=np.int64))[None, None]
+    for t in targets:
+        if t == source:
+            raise InputError("targets", f"subject {vols.names[t]} is the source of the labels")
+        ddf, hist = optimise_displacement(images[source], images[t], loss, **PROPAGATION)
+        full = resize_displacement(ddf, vols.labels[t].shape)
+        out[t] = warp_nearest(moving, full)[0, 0].numpy()
+        log(f"labels of {vols.names[source]} propagated to {vols.names[t]} by NCC: {hist['seconds']:.0f} s")
+    return out
+
+
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
                  subjects=None, augment=None, encoder: str = "pooled", channels=(16, 32, 32),
-                 dropout: float = 0.0, block_labels: str = "corner", phases: bool = False) -> tuple[dict, dict]:
+                 dropout: float = 0.0, block_labels: str = "corner", phases: bool = False,
+                 propagate: bool = False) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
     ``augment``, ``encoder``, ``channels``, ``dropout``: passed to :func:`~.feature_net.train_feature_net`.
     ``block_labels``: how a segmentation net's targets come from the full-grid labels (:data:`BLOCK_LABELS`);
     ``phases``: train on the subject at every block offset (:func:`block_phases`) instead of offset 0.
+    ``propagate``: train the subject's net on every subject's image, the others labelled by the subject's
+    own labels carried onto them (:func:`propagated_labels`); the same number of steps in all.
     """
+    if phases and propagate:
+        raise InputError("propagate", "cannot be combined with phases (one image per subject)")
     nets, info = {}, {}
     for mode in modes:
         for s in (range(len(vols.names)) if subjects is None else subjects):
             if phases:
                 x, labels = block_phases(vols, s, factor, block_labels)
+            elif propagate:
+                others = [t for t in range(len(vols.names)) if t != s]
+                carried = propagated_labels(vols, images, s, others, log) if mode == "seg" else {}
+                x = torch.cat([images[s]] + [images[t] for t in others])
+                labels = torch.cat([BLOCK_LABELS[block_labels](vols.labels[s], factor)]
+                                   + [BLOCK_LABELS[block_labels](carried[t], factor) for t in carried])
             else:
                 x, labels = images[s], BLOCK_LABELS[block_labels](vols.labels[s], factor)
             # An epoch is one step per volume: ``steps`` steps in all, rounded up to whole epochs.

@@ -80,6 +80,7 @@ class DeepSimVariant:
     feature_phases: bool = False  # train on the hub block-averaged at every grid offset (experiment3d.block_phases)
     feature_ensemble: int = 1  # nets from seeds seed, seed + 1, ...; DeepSim averages over them (FeatureEnsemble)
     feature_levels: int = 0  # DeepSim over each net's this many finest levels (FinestLevels); 0: all of them
+    feature_propagated_labels: bool = False  # also train on the other subjects, hub labels carried by NCC
     deepsim_before_warp: bool = False  # compare the warped moving image's feature maps (DeepSimLoss.before_warp)
     deepsim_histogram_match: bool = False  # map every DeepSim input onto the hub's foreground intensity quantiles
 
@@ -93,6 +94,8 @@ class DeepSimVariant:
                                                      f"not {self.feature_block_labels!r}")
         if int(self.feature_ensemble) != self.feature_ensemble or self.feature_ensemble < 1:
             raise InputError("feature_ensemble", f"must be a whole number >= 1, not {self.feature_ensemble!r}")
+        if self.feature_phases and self.feature_propagated_labels:
+            raise InputError("feature_propagated_labels", "cannot be combined with feature_phases")
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
         depth = len(self.feature_channels)
         if int(self.feature_levels) != self.feature_levels or not 0 <= self.feature_levels <= depth:
@@ -130,7 +133,8 @@ class DeepSimVariant:
                 vols, images, modes, steps, lr, factor, seed + k, log, subjects=(hub,),
                 augment=augment if self.feature_augment or self.feature_intensity else None,
                 encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout,
-                block_labels=self.feature_block_labels, phases=self.feature_phases)
+                block_labels=self.feature_block_labels, phases=self.feature_phases,
+                propagate=self.feature_propagated_labels)
             for mode in modes:
                 net = trained[(mode, hub)]
                 nets.setdefault(mode, []).append(FinestLevels(net, self.feature_levels) if self.feature_levels
@@ -258,11 +262,12 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     torch.manual_seed(seed)
     vols = load_brain_volumes()
     images = torch.cat(downsampled(vols, factor))
+    labels_only = "'s labels" if variant.feature_propagated_labels else ""
     names = lambda pairs: [f"{vols.names[m]} -> {vols.names[f]}" for m, f in pairs]  # noqa: E731
     out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images.shape[2:]), "factor": factor,
                      "train_pairs": names(train_pairs), "pairs": names(test_pairs), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
-                     "seed": seed, "feature_training": f"the {vols.names[fold]} subject only", "fold": fold,
+                     "seed": seed, "feature_training": f"the {vols.names[fold]} subject{labels_only} only", "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": variant.feature_augment, **variant.changed()}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))

@@ -108,6 +108,8 @@ HISTOGRAM_MATCHED = ("; every DeepSim input mapped onto the hub subject's foregr
                      "before the feature net")
 PHASES = ", at all {} block-averaging offsets (exact sub-voxel shifts)"
 MAJORITY = ", segmentation targets the most frequent label of each {0}x{0}x{0} block (not its corner voxel's)"
+PROPAGATED = (", the nets trained on all three subjects' images, the hub's labels carried onto the other two by "
+              "NCC instance registration (their own labels unread)")
 LEVELS = "; DeepSim over the {} finest feature levels of each net, not all"
 ENSEMBLE = "; {} feature nets per DeepSim loss (seeds seed, seed + 1, ...), the loss averaged over them"
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
@@ -178,6 +180,7 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
               f"{STRIDED if s.get('feature_encoder') == 'strided' else ''}"
               f"{PHASES.format(s['factor'] ** 3) if s.get('feature_phases') else ''}"
               f"{MAJORITY.format(s['factor']) if s.get('feature_block_labels') == 'majority' else ''}"
+              f"{PROPAGATED if s.get('feature_propagated_labels') else ''}"
               f"{BEFORE_WARP if s.get('deepsim_before_warp') else ''}"
               f"{HISTOGRAM_MATCHED if s.get('deepsim_histogram_match') else ''}"
               f"{'; feature channels ' + str(s['feature_channels']) if s.get('feature_channels') else ''}"

@@ -335,7 +335,8 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
                                "--feature-block-labels", "majority", "--feature-phases", "--feature-levels", "2",
                                "--seed", "5"]) == 0
-    (_, default), (_, switched) = calls
+    assert script.main(base + ["--feature-propagated-labels"]) == 0  # refused together with --feature-phases
+    (_, default), (_, switched), (_, propagated) = calls
     assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
     assert (switched["fold"], switched["augment"], switched["seed"]) == (2, False, 5)
@@ -344,8 +345,10 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
         "feature_block_labels": "majority", "feature_phases": True, "feature_levels": 2,
         "deepsim_before_warp": True, "deepsim_histogram_match": True}
+    assert propagated["variant"].changed() == {"feature_propagated_labels": True}
     # Every field of the variant has its flag: a new field without one fails here.
-    assert set(switched["variant"].changed()) == {f.name for f in dataclasses.fields(net3d.DeepSimVariant)}
+    assert set(switched["variant"].changed()) | set(propagated["variant"].changed()) == {
+        f.name for f in dataclasses.fields(net3d.DeepSimVariant)}
 
 
 def test_label_lines_count_where_deepsim_wins():
@@ -427,3 +430,37 @@ def test_block_phases_are_the_subject_at_every_grid_offset():
     assert images[5, 0, -1, -1, -1].item() == pytest.approx(image[3, 4:6, 7].sum() / 8)
     _, majority = block_phases(vols, 0, 2, "majority")
     assert majority.shape == targets.shape and not torch.equal(majority, targets)
+
+
+def test_propagated_labels_follow_the_target_anatomy_and_train_one_net_on_every_subject(monkeypatch):
+    from DeepSimilarityLib.registration import experiment3d as e3d
+    from DeepSimilarityLib.registration.evaluate import mean_dice
+
+    # Three subjects: the same blob moved by a few voxels; its label 1 is where the blob is bright.
+    images = [blob((24, 24, 24), c, sigma=4.0) for c in ((12, 12, 12), (14, 11, 12), (11, 13, 14))]
+    labels = [(im[0, 0] > 0.5).numpy().astype(np.uint8) for im in images]
+    vols = types.SimpleNamespace(names=["hub", "b", "c"], labels=labels)
+    carried = e3d.propagated_labels(vols, images, 0, [1, 2], log=lambda *_: None)
+    assert sorted(carried) == [1, 2]
+    for t in (1, 2):  # the hub's labels, moved onto the target: closer to its own than the hub's unmoved ones
+        assert carried[t].shape == labels[t].shape and set(np.unique(carried[t])) <= {0, 1}
+        assert mean_dice(carried[t], labels[t]) > mean_dice(labels[0], labels[t]) + 0.1
+    with pytest.raises(InputError, match="source"):
+        e3d.propagated_labels(vols, images, 0, [0])
+    # The hub's net sees all three images, the hub with its own labels first, the others with carried ones.
+    seen = {}
+
+    def fake_train(x, y, mode, **kwargs):
+        seen.update(x=x, y=y)
+        return FeatureNet(3, "seg", 2, (4, 8, 8)), {"seconds": 0.0, "loss": [1.0, 0.5]}
+
+    monkeypatch.setattr(e3d, "train_feature_net", fake_train)
+    monkeypatch.setattr(e3d, "propagated_labels", lambda vols, images, s, others, log: {t: labels[t] for t in others})
+    e3d.feature_nets(vols, images, ["seg"], 6, 1e-3, 1, 0, log=lambda *_: None, subjects=(1,), propagate=True)
+    assert torch.equal(seen["x"], torch.cat([images[1], images[0], images[2]]))
+    assert torch.equal(seen["y"], torch.cat([e3d.corner_labels(labels[t], 1) for t in (1, 0, 2)]))
+    with pytest.raises(InputError, match="phases"):
+        e3d.feature_nets(vols, images, ["seg"], 6, 1e-3, 1, 0, subjects=(1,), propagate=True, phases=True)
+    with pytest.raises(InputError, match="feature_propagated_labels"):
+        net3d.DeepSimVariant(feature_phases=True, feature_propagated_labels=True)
+    assert net3d.DeepSimVariant(feature_propagated_labels=True).changed() == {"feature_propagated_labels": True}
