@@ -9,8 +9,9 @@ scan alone (see DeepSimilarityLib/registration/data.py). Networks run on the 2x 
 SimpleITK B-spline Mattes MI on the full-resolution pairs is the classical reference. One thread.
 The same run: ``deepsim evaluate registration``.
 
-    python benchmarks/eval_registration.py [--quick] [--save-weights weights/]
-      -> benchmarks/results/registration_2d.{json,md,png}   (--quick: registration_2d_quick.*)
+    python benchmarks/eval_registration.py [--quick] [--save-weights weights/] [--velocity] [--losses mse,ncc]
+      -> benchmarks/results/registration_2d.{json,md,png}   (--quick: registration_2d_quick.*;
+         --velocity: registration_2d_velocity.*)
 """
 
 import argparse
@@ -33,6 +34,8 @@ def main(argv=None):
     brain = [name for name in LOSSES if name not in CROSS_MODALITY]
     p.add_argument("--losses", default=",".join(brain), help="comma-separated subset of " + ", ".join(brain))
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--velocity", action="store_true",
+                   help="nets output a stationary velocity field (scaling and squaring) -> registration_2d_velocity.*")
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -40,7 +43,7 @@ def main(argv=None):
         return 2
     torch.set_num_threads(1)
     run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,
-                   args.save_weights)
+                   args.save_weights, args.velocity)
     return 0
 
 

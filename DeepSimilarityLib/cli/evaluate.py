@@ -59,6 +59,8 @@ def register_parser(sub):
     g.add_argument("--quick", action="store_true", help="smoke run: fewer epochs/steps, one lambda, fewer or no "
                                                         "B-spline pairs")
     g.add_argument("--save-weights", help="folder for the chosen deepsim-seg net and its feature net")
+    g.add_argument("--velocity", action="store_true", help="slices: the nets output a stationary velocity field "
+                                                            "(scaling and squaring); writes registration_2d_velocity.*")
     g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     g.add_argument("--out-dir", default="benchmarks/results",
                    help="folder for registration_{2d,3d,3d_net_folds,em}.{json,md,png}")
@@ -98,6 +100,8 @@ def run_registration(args):
         raise InputError("--losses", f"unknown for --data {args.data}: {unknown}; choose from {allowed}")
     if args.fold != "all" and args.data != "brain3d-net":
         raise InputError("--fold", f"applies to --data brain3d-net only, not {args.data}")
+    if args.velocity and args.data != "slices":
+        raise InputError("--velocity", f"applies to --data slices only, not {args.data}")
     if args.steps is None:
         args.steps = 1000 if args.data == "brain3d-net" else 100
     for name in ("epochs", "steps"):
@@ -126,7 +130,7 @@ def run_registration(args):
     else:
         from ..registration.report import run_and_report
 
-        run_and_report(losses, args.quick, args.epochs, args.out_dir, args.save_weights)
+        run_and_report(losses, args.quick, args.epochs, args.out_dir, args.save_weights, args.velocity)
 
 
 # Positive pair counts the result names leave out: the paper's 2000 (the default) and the improved

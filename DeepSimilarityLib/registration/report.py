@@ -90,10 +90,11 @@ def write_report(result: dict, out_dir, stem: str, header: str, title: str | Non
 
 
 def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="benchmarks/results",
-                   save_weights=None, log=print) -> dict:
+                   save_weights=None, velocity: bool = False, log=print) -> dict:
     """The whole 2D comparison (:func:`.experiment.run_comparison`) and its report files.
 
     ``quick``: 2 epochs, one lambda, 3 feature epochs, 8 B-spline pairs (a smoke run of a few minutes).
+    ``velocity``: stationary velocity fields (scaling and squaring); the files get ``_velocity`` in their name.
     """
     import time
 
@@ -103,18 +104,21 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
     epochs = 2 if quick else epochs
     t0 = time.perf_counter()
     result = run_comparison(losses, epochs=epochs, lambda_factors=(1.0,) if quick else LAMBDA_FACTORS,
-                            feature_epochs=3 if quick else 20, bspline_pairs=8 if quick else None, log=log)
+                            feature_epochs=3 if quick else 20, bspline_pairs=8 if quick else None,
+                            velocity=velocity, log=log)
     minutes = (time.perf_counter() - t0) / 60
     s = result["setup"]
     s["minutes_total"] = minutes
-    stem = "registration_2d_quick" if quick else "registration_2d"
+    stem = "registration_2d" + ("_velocity" if velocity else "") + ("_quick" if quick else "")
     bs = result.get("bspline_mi", {}).get("pairs")
     header = (f"Learned 2D registration of held-out coronal brain MR slices (OASIS 0001 <-> 0002, {s['test_pairs']} "
               f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid (2x downsampled), "
               f"Dice scored on the full {s['grid'][0]}x{s['grid'][1]} grid over the seg35 labels present; "
               f"{s['train_pairs']} training pairs (vxm <-> OASIS), {epochs} epochs, lambda from "
               f"{len(s['lambda_factors'])} values per loss by validation Dice ({s['val_pairs']} pairs); "
-              f"feature nets trained on the vxm scan only. One CPU thread, {minutes:.1f} min in all. "
+              + ("the nets output a stationary velocity field, integrated by scaling and squaring; "
+                 if velocity else "")
+              + f"feature nets trained on the vxm scan only. One CPU thread, {minutes:.1f} min in all. "
               + (f"B-spline MI on the first {bs} test pairs. " if bs and bs < s["test_pairs"] else "")
               + "Paper column: the paper's 3D brain MRI Dice, for ordering only.")
     log(write_report(result, out_dir, stem, header))

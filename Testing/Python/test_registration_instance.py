@@ -215,6 +215,7 @@ def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
              (["--data", "em", "--steps", "0"], "--steps"),
              (["--data", "em", "--save-weights", str(tmp_path)], "--save-weights"),
              (["--data", "brain3d", "--fold", "1"], "--fold"),
+             (["--data", "em", "--velocity"], "--velocity"),
              (["--data", "lung"], None)]
     for argv, text in cases:
         if text is None:
@@ -223,3 +224,15 @@ def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
             continue
         assert main(["evaluate", "registration"] + argv) == 2, argv
         assert text in capsys.readouterr().err
+
+
+def test_cli_evaluate_registration_passes_velocity_to_the_slice_comparison(tmp_path, monkeypatch):
+    from DeepSimilarityLib.cli import main
+    from DeepSimilarityLib.registration import report
+
+    calls = []
+    monkeypatch.setattr(report, "run_and_report", lambda *a: calls.append(a))
+    monkeypatch.setattr("DeepSimilarityLib.paths.has_shared_data", lambda sub: True)
+    argv = ["evaluate", "registration", "--losses", "mse", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0 and main(argv + ["--velocity"]) == 0
+    assert [a[-1] for a in calls] == [False, True]
