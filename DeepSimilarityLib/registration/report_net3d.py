@@ -76,7 +76,7 @@ def merge_3d_net_folds(results: list) -> dict:
                                               f"{sorted(results[0]['losses'])}")
     setup = dict(results[0]["setup"], folds=folds, fold="all", pairs=[p for r in results for p in r["setup"]["pairs"]],
                  train_pairs=[r["setup"]["train_pairs"] for r in results],
-                 feature_training="in each fold, the hub subject only (" + "; ".join(
+                 feature_training="in each fold from its hub subject (" + "; ".join(
                      f"fold {f}: {r['setup']['feature_training']}" for f, r in zip(folds, results)) + ")",
                  feature_nets={k: v for r in results for k, v in r["setup"].get("feature_nets", {}).items()},
                  minutes_total=sum(r["setup"].get("minutes_total", 0.0) for r in results), merged_runs=len(results),
