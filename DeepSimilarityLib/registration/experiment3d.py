@@ -136,6 +136,7 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
                 x, labels = block_phases(vols, s, factor, block_labels)
             elif propagate:
                 others = [t for t in range(len(vols.names)) if t != s]
+                # An autoencoder needs no labels: it learns the three images, and ``labels`` goes unused.
                 carried = propagated_labels(vols, images, s, others, log) if mode == "seg" else {}
                 x = torch.cat([images[s]] + [images[t] for t in others])
                 labels = torch.cat([BLOCK_LABELS[block_labels](vols.labels[s], factor)]
