@@ -136,11 +136,12 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
                 x, labels = block_phases(vols, s, factor, block_labels)
             elif propagate:
                 others = [t for t in range(len(vols.names)) if t != s]
-                # An autoencoder needs no labels: it learns the three images, and ``labels`` goes unused.
-                carried = propagated_labels(vols, images, s, others, log) if mode == "seg" else {}
-                x = torch.cat([images[s]] + [images[t] for t in others])
-                labels = torch.cat([BLOCK_LABELS[block_labels](vols.labels[s], factor)]
-                                   + [BLOCK_LABELS[block_labels](carried[t], factor) for t in carried])
+                x = torch.cat([images[t] for t in [s] + others])
+                labels = None  # an autoencoder learns the images alone: nothing to propagate
+                if mode == "seg":
+                    carried = propagated_labels(vols, images, s, others, log)
+                    labels = torch.cat([BLOCK_LABELS[block_labels](m, factor)
+                                        for m in [vols.labels[s], *carried.values()]])
             else:
                 x, labels = images[s], BLOCK_LABELS[block_labels](vols.labels[s], factor)
             # An epoch is one step per volume: ``steps`` steps in all, rounded up to whole epochs.

@@ -267,7 +267,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images.shape[2:]), "factor": factor,
                      "train_pairs": names(train_pairs), "pairs": names(test_pairs), "steps": steps, "lr": lr,
                      "batch_size": 1, "augment": augment, "feature_steps": feature_steps, "feature_lr": feature_lr,
-                     "seed": seed, "feature_training": f"the {vols.names[fold]} subject{labels_only} only", "fold": fold,
+                     "seed": seed, "feature_training": f"the {vols.names[fold]} subject{labels_only} only",
+                     "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": variant.feature_augment, **variant.changed()}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
