@@ -12,7 +12,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
         [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--feature-phases]
         [--feature-levels 2] [--feature-propagated-labels]
-        [--seed 0] [--no-augment]
+        [--seed 0] [--no-augment] [--velocity]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -96,6 +96,8 @@ def main(argv=None):
                    help="seed of the feature nets, the registration nets' initialisation and the augmentation draws")
     p.add_argument("--no-augment", action="store_true",
                    help="train every registration net on the pairs as they are (no flip or affine)")
+    p.add_argument("--velocity", action="store_true",
+                   help="every net outputs a stationary velocity field integrated by scaling and squaring")
     p.add_argument("--lambda-factors", default="1",
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
@@ -140,7 +142,7 @@ def main(argv=None):
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
                           factors, args.lambda_rule, fold=args.fold, seed=args.seed, augment=not args.no_augment,
-                          variant=variant)
+                          variant=variant, velocity=args.velocity)
     return 0
 
 

@@ -167,14 +167,16 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
                     augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0,
-                    variant: DeepSimVariant = DeepSimVariant()) -> dict:
+                    variant: DeepSimVariant = DeepSimVariant(), velocity: bool = False) -> dict:
     """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
     it on that fold's test and training pairs.
 
     ``images`` ``(3, 1, h, w, d)``; ``labels`` the full-grid seg35 maps ``(H, W, D)`` of the three subjects.
     ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
     scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
-    Dice, seconds, inference ms. ``variant``: how a DeepSim loss uses its feature net.
+    Dice, seconds, inference ms. ``variant``: how a DeepSim loss uses its feature net. ``velocity``: the net
+    outputs a stationary velocity field integrated by scaling and squaring (scored and regularised as the
+    displacement it integrates to).
     """
     train_pairs, test_pairs = fold_pairs(fold)
     loss = (variant.loss(name, feature_net, images[fold:fold + 1]) if name.startswith("deepsim")
@@ -192,7 +194,7 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
             log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(train_pairs)} steps ({done:.0f} s)")
 
     net, hist = train_registration(images, torch.tensor(train_pairs), loss, lam, epochs=epochs, batch_size=1, lr=lr,
-                                   loss_name=name, seed=seed, augment=aug, on_epoch=progress)
+                                   loss_name=name, seed=seed, velocity=velocity, augment=aug, on_epoch=progress)
     full = labels[0].shape
     ddfs, ms = {}, []
     with torch.no_grad():
@@ -236,7 +238,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", fold: int = 0, variant: DeepSimVariant = DeepSimVariant(),
-                          log=print) -> dict:
+                          velocity: bool = False, log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -248,7 +250,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     (:func:`choose_by_training_folding`; it proved to pick the smallest lambda, with the lowest Dice).
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
     ``result["ablation"]`` (not in the table). ``variant``: how the DeepSim feature nets are trained
-    and compared (:class:`DeepSimVariant`).
+    and compared (:class:`DeepSimVariant`). ``velocity``: every net integrates a stationary velocity field
+    (recorded in the setup only when set, so results made before the option merge with new default runs).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -270,7 +273,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "seed": seed, "feature_training": f"the {vols.names[fold]} subject{labels_only} only",
                      "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
-                     "feature_augment": variant.feature_augment, **variant.changed()}, "losses": {}}
+                     "feature_augment": variant.feature_augment, **variant.changed(),
+                     **({"velocity": True} if velocity else {})}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -285,7 +289,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         r = train_and_score(name, images, vols.labels, lam, nets.get(mode), steps, lr, aug, seed, log, validation,
-                            fold, variant)
+                            fold, variant, velocity)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "

@@ -115,16 +115,27 @@ def synthetic_subjects():
     return images, labels
 
 
-def test_training_lowers_the_loss_and_scores_the_right_pairs():
+@pytest.mark.parametrize("velocity", [False, True])
+def test_training_lowers_the_loss_and_scores_the_right_pairs(velocity, monkeypatch):
     images, labels = synthetic_subjects()
+    trained, train = [], net3d.train_registration
+
+    def spy(*args, **kwargs):  # keeps the net, so the test sees whether the option reached it
+        net, hist = train(*args, **kwargs)
+        trained.append(net)
+        return net, hist
+
+    monkeypatch.setattr(net3d, "train_registration", spy)
     r = net3d.train_and_score("mse", images, labels, lam=0.01, feature_net=None, steps=96, lr=1e-2, augment=True,
-                              seed=0, log=lambda *a: None)
+                              seed=0, log=lambda *a: None, velocity=velocity)
     assert r["steps"] == 96 and r["train_seconds"] > 0 and r["inference_ms"] > 0 and r["augment"] is True
+    assert len(trained) == 1 and (trained[0].integrate is not None) == velocity
     train_pairs, test_pairs = net3d.fold_pairs(0)
     assert len(r["dice"]) == len(r["folding"]) == len(test_pairs) and len(r["train_dice"]) == 4
-    # Measured: mean MSE per epoch 9.1e-3 -> 2.9e-3 (24 epochs of the 4 pairs, augmented).
+    # Measured: mean MSE per epoch 9.1e-3 -> 2.9e-3 (24 epochs of the 4 pairs, augmented); velocity 2.2e-3
     assert r["loss_first_last"][1] < 0.5 * r["loss_first_last"][0]
-    # The net moved the training pairs' blobs onto each other: Dice 0.54 without deformation, 0.86 measured.
+    # The net moved the training pairs' blobs onto each other: Dice 0.54 without deformation, 0.86 measured
+    # (velocity 0.85).
     zero = torch.zeros(1, 3, 16, 16, 16)
     before = [net3d.score(zero, labels[m], labels[f])["dice"] for m, f in train_pairs]
     assert np.mean(r["train_dice"]) > np.mean(before) + 0.2
@@ -334,12 +345,12 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
                                "--feature-block-labels", "majority", "--feature-phases", "--feature-levels", "2",
-                               "--seed", "5"]) == 0
+                               "--seed", "5", "--velocity"]) == 0
     assert script.main(base + ["--feature-propagated-labels"]) == 0  # refused together with --feature-phases
     (_, default), (_, switched), (_, propagated) = calls
-    assert (default["fold"], default["augment"], default["seed"]) == (0, True, 0)
+    assert (default["fold"], default["augment"], default["seed"], default["velocity"]) == (0, True, 0, False)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
-    assert (switched["fold"], switched["augment"], switched["seed"]) == (2, False, 5)
+    assert (switched["fold"], switched["augment"], switched["seed"], switched["velocity"]) == (2, False, 5, True)
     assert switched["variant"].changed() == {
         "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
