@@ -117,7 +117,7 @@ def propagated_labels(vols, images, source: int, targets, log=print) -> dict[int
 def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: int, log=print,
                  subjects=None, augment=None, encoder: str = "pooled", channels=(16, 32, 32),
                  dropout: float = 0.0, block_labels: str = "corner", phases: bool = False,
-                 propagate: bool = False) -> tuple[dict, dict]:
+                 propagate: bool = False, carried: dict | None = None) -> tuple[dict, dict]:
     """``({(mode, subject): net}, {name: training info})``: one 3D feature net per surrogate task and subject.
 
     ``subjects``: indices into ``vols`` to train on (default all; the trained-network protocol uses vxm only).
@@ -126,6 +126,8 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
     ``phases``: train on the subject at every block offset (:func:`block_phases`) instead of offset 0.
     ``propagate``: train the subject's net on every subject's image, the others labelled by the subject's
     own labels carried onto them (:func:`propagated_labels`); the same number of steps in all.
+    ``carried``: ``{subject: that propagation}``, read before propagating and filled after, so that callers
+    training several nets per subject (seeds of an ensemble) register each subject pair once.
     """
     if phases and propagate:
         raise InputError("propagate", "cannot be combined with phases (one image per subject)")
@@ -139,9 +141,11 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
                 x = torch.cat([images[t] for t in [s] + others])
                 labels = None  # an autoencoder learns the images alone: nothing to propagate
                 if mode == "seg":
-                    carried = propagated_labels(vols, images, s, others, log)
+                    carried = {} if carried is None else carried
+                    if s not in carried:  # deterministic: the same labels for every net of this subject
+                        carried[s] = propagated_labels(vols, images, s, others, log)
                     labels = torch.cat([BLOCK_LABELS[block_labels](m, factor)
-                                        for m in [vols.labels[s], *carried.values()]])
+                                        for m in [vols.labels[s], *carried[s].values()]])
             else:
                 x, labels = images[s], BLOCK_LABELS[block_labels](vols.labels[s], factor)
             # An epoch is one step per volume: ``steps`` steps in all, rounded up to whole epochs.

@@ -127,14 +127,14 @@ class DeepSimVariant:
             x, y = augment_labelled(x, y, pose) if self.feature_augment else (x, y)
             return augment_intensity(x, y, contrast) if self.feature_intensity else (x, y)
 
-        nets, info = {}, {}
+        nets, info, carried = {}, {}, {}
         for k in range(self.feature_ensemble):
             trained, trained_info = feature_nets(
                 vols, images, modes, steps, lr, factor, seed + k, log, subjects=(hub,),
                 augment=augment if self.feature_augment or self.feature_intensity else None,
                 encoder=self.feature_encoder, channels=self.feature_channels, dropout=self.feature_dropout,
                 block_labels=self.feature_block_labels, phases=self.feature_phases,
-                propagate=self.feature_propagated_labels)
+                propagate=self.feature_propagated_labels, carried=carried)
             for mode in modes:
                 net = trained[(mode, hub)]
                 nets.setdefault(mode, []).append(FinestLevels(net, self.feature_levels) if self.feature_levels

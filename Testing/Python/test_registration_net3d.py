@@ -466,10 +466,16 @@ def test_propagated_labels_follow_the_target_anatomy_and_train_one_net_on_every_
         return FeatureNet(3, "seg", 2, (4, 8, 8)), {"seconds": 0.0, "loss": [1.0, 0.5]}
 
     monkeypatch.setattr(e3d, "train_feature_net", fake_train)
-    monkeypatch.setattr(e3d, "propagated_labels", lambda vols, images, s, others, log: {t: labels[t] for t in others})
+    sources = []
+    monkeypatch.setattr(e3d, "propagated_labels", lambda vols, images, s, others, log:
+                        sources.append(s) or {t: labels[t] for t in others})
     e3d.feature_nets(vols, images, ["seg"], 6, 1e-3, 1, 0, log=lambda *_: None, subjects=(1,), propagate=True)
     assert torch.equal(seen["x"], torch.cat([images[1], images[0], images[2]]))
     assert torch.equal(seen["y"], torch.cat([e3d.corner_labels(labels[t], 1) for t in (1, 0, 2)]))
+    # An ensemble trains one net per seed on the same carried labels: the hub's labels are propagated once.
+    variant = net3d.DeepSimVariant(feature_propagated_labels=True, feature_ensemble=3, feature_channels=(4, 8, 8))
+    nets, _ = variant.feature_nets(vols, images, ["seg"], 6, 1e-3, 1, 0, hub=1, log=lambda *_: None)
+    assert sources == [1, 1] and isinstance(nets["seg"], FeatureEnsemble) and len(nets["seg"].nets) == 3
     with pytest.raises(InputError, match="phases"):
         e3d.feature_nets(vols, images, ["seg"], 6, 1e-3, 1, 0, subjects=(1,), propagate=True, phases=True)
     with pytest.raises(InputError, match="feature_propagated_labels"):
