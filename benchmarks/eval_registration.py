@@ -10,8 +10,9 @@ SimpleITK B-spline Mattes MI on the full-resolution pairs is the classical refer
 The same run: ``deepsim evaluate registration``.
 
     python benchmarks/eval_registration.py [--quick] [--save-weights weights/] [--velocity] [--losses mse,ncc]
+        [--lambda-factors 0.25,1,4] [--stem NAME]
       -> benchmarks/results/registration_2d.{json,md,png}   (--quick: registration_2d_quick.*;
-         --velocity: registration_2d_velocity.*)
+         --velocity: registration_2d_velocity.*; --stem: NAME.*)
 """
 
 import argparse
@@ -36,14 +37,23 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--velocity", action="store_true",
                    help="nets output a stationary velocity field (scaling and squaring) -> registration_2d_velocity.*")
+    p.add_argument("--lambda-factors", default="",
+                   help="comma-separated factors on each loss's lambda centre (default 0.25,1,4); validation picks one")
+    p.add_argument("--stem", default="", help="result file name without extension (default from the options)")
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
+    try:
+        factors = [float(f) for f in args.lambda_factors.split(",")] if args.lambda_factors else None
+    except ValueError:
+        p.error(f"--lambda-factors: not a comma-separated list of numbers: {args.lambda_factors!r}")
+    if factors is not None and min(factors) <= 0:
+        p.error(f"--lambda-factors: every factor must be positive, got {args.lambda_factors!r}")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
     run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,
-                   args.save_weights, args.velocity)
+                   args.save_weights, args.velocity, factors, args.stem or None)
     return 0
 
 

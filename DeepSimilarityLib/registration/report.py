@@ -90,11 +90,14 @@ def write_report(result: dict, out_dir, stem: str, header: str, title: str | Non
 
 
 def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="benchmarks/results",
-                   save_weights=None, velocity: bool = False, log=print) -> dict:
+                   save_weights=None, velocity: bool = False, lambda_factors=None, stem: str | None = None,
+                   log=print) -> dict:
     """The whole 2D comparison (:func:`.experiment.run_comparison`) and its report files.
 
     ``quick``: 2 epochs, one lambda, 3 feature epochs, 8 B-spline pairs (a smoke run of a few minutes).
     ``velocity``: stationary velocity fields (scaling and squaring); the files get ``_velocity`` in their name.
+    ``lambda_factors``: the grid on each loss's :data:`~.compare.LAMBDA_CENTRE` (default
+    :data:`~.compare.LAMBDA_FACTORS`); ``stem``: the files' name instead of the one made from the options.
     """
     import time
 
@@ -103,13 +106,14 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
 
     epochs = 2 if quick else epochs
     t0 = time.perf_counter()
-    result = run_comparison(losses, epochs=epochs, lambda_factors=(1.0,) if quick else LAMBDA_FACTORS,
+    factors = (1.0,) if quick else tuple(lambda_factors or LAMBDA_FACTORS)
+    result = run_comparison(losses, epochs=epochs, lambda_factors=factors,
                             feature_epochs=3 if quick else 20, bspline_pairs=8 if quick else None,
                             velocity=velocity, log=log)
     minutes = (time.perf_counter() - t0) / 60
     s = result["setup"]
     s["minutes_total"] = minutes
-    stem = "registration_2d" + ("_velocity" if velocity else "") + ("_quick" if quick else "")
+    stem = stem or "registration_2d" + ("_velocity" if velocity else "") + ("_quick" if quick else "")
     bs = result.get("bspline_mi", {}).get("pairs")
     header = (f"Learned 2D registration of held-out coronal brain MR slices (OASIS 0001 <-> 0002, {s['test_pairs']} "
               f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid (2x downsampled), "

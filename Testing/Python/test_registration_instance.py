@@ -236,3 +236,27 @@ def test_cli_evaluate_registration_passes_velocity_to_the_slice_comparison(tmp_p
     argv = ["evaluate", "registration", "--losses", "mse", "--out-dir", str(tmp_path)]
     assert main(argv) == 0 and main(argv + ["--velocity"]) == 0
     assert [a[-1] for a in calls] == [False, True]
+
+
+def test_slice_benchmark_passes_the_lambda_grid_and_stem(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from DeepSimilarityLib.registration import report
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_registration.py"
+    spec = importlib.util.spec_from_file_location("eval_registration", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
+    monkeypatch.setattr(report, "run_and_report", lambda *a: calls.append(a))
+    base = ["--losses", "mse", "--out-dir", str(tmp_path)]
+    assert script.main(base) == 0
+    assert script.main(base + ["--velocity", "--lambda-factors", "0.0625,0.25", "--stem", "low"]) == 0
+    assert [a[-3:] for a in calls] == [(False, None, None), (True, [0.0625, 0.25], "low")]
+    for bad in ("0,1", "a,1"):
+        with pytest.raises(SystemExit):
+            script.main(base + ["--lambda-factors", bad])
+        assert "--lambda-factors" in capsys.readouterr().err
+    assert len(calls) == 2  # refused before anything ran
