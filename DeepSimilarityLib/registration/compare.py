@@ -87,13 +87,14 @@ def compare_losses(losses, images, pairs, score, feature_net_for, lambda_centre:
     return out
 
 
-def bspline_runs(images, pairs, score, shrink=(2, 1), log=print) -> dict:
-    """SimpleITK B-spline Mattes MI (:func:`~.bspline.register_bspline`) on the same images and pairs."""
+def bspline_runs(images, pairs, score, shrink=(2, 1), log=print, **options) -> dict:
+    """SimpleITK B-spline Mattes MI (:func:`~.bspline.register_bspline`, ``options`` passed on) on the same
+    images and pairs."""
     per_pair = []
     for pair in pairs:
         fixed, moving = Volume(images[pair[1]][0, 0].numpy()), Volume(images[pair[0]][0, 0].numpy())
         t0 = time.perf_counter()
-        transform = register_bspline(fixed, moving, shrink=shrink)
+        transform = register_bspline(fixed, moving, shrink=shrink, **options)
         seconds = time.perf_counter() - t0
         ddf = torch.from_numpy(transform_to_displacement(transform, fixed).astype(np.float32))[None]
         per_pair.append(dict(score(ddf, pair), seconds=seconds))
