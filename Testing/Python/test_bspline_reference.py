@@ -40,3 +40,42 @@ def test_bspline_refuses_a_refinement_without_a_factor_per_level():
     fixed, moving = smoothly_deformed_pair(32)
     with pytest.raises(InputError, match="mesh_refine"):
         register_bspline(fixed, moving, shrink=(2, 1), mesh_refine=(1, 2, 4))
+
+
+def test_3d_settings_benchmark_scores_every_setting_on_the_pairs(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import types
+    from pathlib import Path
+
+    from DeepSimilarityLib.registration import experiment3d as e3d
+
+    # Three 3D subjects: one textured ball moved by a voxel or two; label 1 inside the ball.
+    rng = np.random.default_rng(1)
+    texture = ndimage.gaussian_filter(rng.random((24, 24, 24)), 1.5)
+    z, y, x = np.mgrid[:24, :24, :24]
+    images, labels = [], []
+    for c in (12, 13, 11):
+        ball = ((z - c) ** 2 + (y - 12) ** 2 + (x - 12) ** 2) < 49
+        images.append((ball * (0.5 + texture)).astype(np.float32))
+        labels.append(ball.astype(np.uint8))
+    vols = types.SimpleNamespace(images=images, labels=labels, names=["a", "b", "c"])
+    monkeypatch.setattr(e3d, "load_brain_volumes", lambda: vols)
+    fast = {"one level": dict(mesh=2, shrink=(1,), iterations=20),
+            "refined": dict(mesh=2, shrink=(2, 1), mesh_refine=(1, 2), iterations=20)}
+    result = e3d.run_bspline_settings_3d(factor=2, pairs=2, settings=fast, log=lambda *_: None)
+    assert result["setup"]["pairs"] == ["a -> b", "a -> c"] and result["setup"]["network_grid"] == [12, 12, 12]
+    assert len(result["affine_only"]["dice"]) == 2
+    for name, r in result["losses"].items():
+        assert len(r["dice"]) == len(r["folding"]) == 2 and r["seconds_per_pair"] > 0 and r["lambda"] is None
+    assert result["losses"]["refined"]["options"]["mesh_refine"] == [1, 2]
+    # The benchmark script writes the table for whatever the run returns.
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_bspline_3d.py"
+    spec = importlib.util.spec_from_file_location("eval_bspline_3d", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
+    monkeypatch.setattr(e3d, "run_bspline_settings_3d", lambda pairs: result)
+    assert script.main(["--out-dir", str(tmp_path), "--stem", "bs"]) == 0
+    assert "| refined |" in (tmp_path / "bs.md").read_text() and (tmp_path / "bs.png").is_file()
+    assert json.loads((tmp_path / "bs.json").read_text())["losses"]["one level"]["lambda"] is None
