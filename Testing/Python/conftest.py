@@ -7,6 +7,18 @@ import pytest
 from DeepSimilarityLib.paths import data_root, has_shared_data
 
 
+def benchmark_script(name: str):
+    """The module of ``benchmarks/<name>.py`` (not a package), loaded fresh so a test can patch its globals."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def require_data(sub: str):
     """Skip the calling test when ``../shared/data/<sub>`` is absent (e.g. a user's fresh clone)."""
     if not has_shared_data(sub):

@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from conftest import benchmark_script
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.image_io import Volume
 from DeepSimilarityLib.registration.bspline import register_bspline, transform_to_displacement
@@ -43,10 +44,8 @@ def test_bspline_refuses_a_refinement_without_a_factor_per_level():
 
 
 def test_3d_settings_benchmark_scores_every_setting_on_the_pairs(tmp_path, monkeypatch):
-    import importlib.util
     import json
     import types
-    from pathlib import Path
 
     from DeepSimilarityLib.registration import experiment3d as e3d
 
@@ -70,10 +69,7 @@ def test_3d_settings_benchmark_scores_every_setting_on_the_pairs(tmp_path, monke
         assert len(r["dice"]) == len(r["folding"]) == 2 and r["seconds_per_pair"] > 0 and r["lambda"] is None
     assert result["losses"]["refined"]["options"]["mesh_refine"] == [1, 2]
     # The benchmark script writes the table for whatever the run returns.
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_bspline_3d.py"
-    spec = importlib.util.spec_from_file_location("eval_bspline_3d", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("eval_bspline_3d")
     monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
     monkeypatch.setattr(e3d, "run_bspline_settings_3d", lambda pairs: result)
     assert script.main(["--out-dir", str(tmp_path), "--stem", "bs"]) == 0

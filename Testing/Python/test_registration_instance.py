@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_data
+from conftest import benchmark_script, require_data
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.registration import compare
 from DeepSimilarityLib.registration.data import BrainVolumes, third_subject, volume_pairs
@@ -239,15 +239,10 @@ def test_cli_evaluate_registration_passes_velocity_to_the_slice_comparison(tmp_p
 
 
 def test_slice_benchmark_passes_the_lambda_grid_and_stem(tmp_path, monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
 
     from DeepSimilarityLib.registration import report
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_registration.py"
-    spec = importlib.util.spec_from_file_location("eval_registration", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("eval_registration")
     calls = []
     monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
     monkeypatch.setattr(report, "run_and_report", lambda *a: calls.append(a))

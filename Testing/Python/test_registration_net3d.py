@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_data
+from conftest import benchmark_script, require_data
 from DeepSimilarityLib.errors import InputError
 from DeepSimilarityLib.registration import augmentation
 from DeepSimilarityLib.registration import experiment3d_net as net3d
@@ -329,13 +329,8 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
 
 
 def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_registration_3d_net.py"
-    spec = importlib.util.spec_from_file_location("eval_registration_3d_net", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("eval_registration_3d_net")
     calls = []
     monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
     monkeypatch.setattr(net3d, "run_and_report_3d_net", lambda *a, **k: calls.append((a, k)))
