@@ -104,6 +104,7 @@ class DeepSimilarityParameterNode:
     trainLabelVolume: vtkMRMLLabelMapVolumeNode
     trainVolume3D: bool = False  # deepsim: a 3D feature net on the whole volume (--dims 3)
     addFeatureNet: bool = False  # deepsim: a loaded or trained feature net joins the current ones (an ensemble)
+    trainVelocity: bool = False  # registration: the net integrates a stationary velocity field (--velocity)
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
     pairs: Annotated[int, WithinRange(10, 100000)] = 2000
     bits: Annotated[int, WithinRange(8, 256)] = 64

@@ -191,7 +191,7 @@ class NetworksLogicMixin:
 
     def training_job(self, kind, out_path=None, epochs=10, pairs=2000, bits=64, ctNode=None, mrNode=None,
                      imageNode=None, labelNode=None, images_folder=None, labels_csv=None, loss="deepsim",
-                     threads=0, launcher=None, volume3D=False, trainingVolumes=None, add=False):
+                     threads=0, launcher=None, volume3D=False, trainingVolumes=None, add=False, velocity=False):
         """A background :class:`Job` training a ``kind`` network; on success it becomes the current one.
 
         Inputs per kind: ``similarity`` a registered CT/MR pair of scene volumes (``pairs``);
@@ -201,7 +201,8 @@ class NetworksLogicMixin:
         (2D or 3D), or on the shared brain MR data when none are given; ``siamese`` and ``hashing`` an
         image folder with a labels CSV (``epochs``, ``bits``). ``out_path``: the weights file (default:
         ~/DeepSimilarity/networks/). ``add`` (``deepsim``): the trained net joins the current feature
-        nets (:meth:`make_current`) instead of replacing them, trained with seed = their number.
+        nets (:meth:`make_current`) instead of replacing them, trained with seed = their number. ``velocity``
+        (``registration``): the net integrates a stationary velocity field (``--velocity``).
         """
         import DeepSimilarityJobs as jobs
         import DeepSimilarityNodes as nodes
@@ -209,6 +210,9 @@ class NetworksLogicMixin:
 
         _check_kind(kind)
         _check_add(kind, add)
+        if velocity and kind != "registration":
+            raise ValueError(f"velocity: only registration networks integrate a field, not {KIND_TITLES[kind]} "
+                             "networks")
         if int(epochs) < 1:
             raise ValueError(f"epochs: must be at least 1, got {epochs}")
         out_path = str(out_path or self.default_network_path(kind))
@@ -241,6 +245,7 @@ class NetworksLogicMixin:
         elif kind == "registration":
             loss_name = "deepsim-seg" if loss == "deepsim" else loss
             args = ["train", "registration", "--loss", loss_name, "--epochs", int(epochs)]
+            args += ["--velocity"] if velocity else []
             volumes = self._registration_training_volumes(trainingVolumes)
             if volumes:
                 args += ["--images"] + ["{%s}" % name for name in volumes]

@@ -24,6 +24,7 @@ KIND_ROWS = {
     ("trainLabelVolumeLabel", "trainLabelVolumeSelector"): ("deepsim",),
     ("trainVolume3DLabel", "trainVolume3DCheckBox"): ("deepsim",),
     ("trainVolumesLabel", "trainVolumesSelector"): ("registration",),
+    ("trainVelocityLabel", "trainVelocityCheckBox"): ("registration",),
     ("trainImagesPathLabel", "trainImagesPathLineEdit"): ("siamese", "hashing"),
     ("trainCsvPathLabel", "trainCsvPathLineEdit"): ("siamese", "hashing"),
     ("bitsLabel", "bitsSpinBox"): ("hashing",),
@@ -110,7 +111,8 @@ class NetworksPanel:
                 bits=p.bits, ctNode=p.trainCtVolume, mrNode=p.trainMrVolume, imageNode=p.trainImageVolume,
                 labelNode=p.trainLabelVolume, images_folder=self.ui.trainImagesPathLineEdit.currentPath,
                 labels_csv=self.ui.trainCsvPathLineEdit.currentPath, loss=p.registrationLoss,
-                volume3D=p.trainVolume3D, trainingVolumes=self.ui.trainVolumesSelector.checkedNodes(), add=self._add())
+                volume3D=p.trainVolume3D, trainingVolumes=self.ui.trainVolumesSelector.checkedNodes(), add=self._add(),
+                velocity=self._kind == "registration" and p.trainVelocity)
             self.widget.runJob(job, self.ui.trainButton, self.onTrained)
 
     def onTrained(self, path) -> None:

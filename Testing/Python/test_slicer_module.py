@@ -37,6 +37,7 @@ EXPECTED_WIDGETS = {
     "trainLabelVolumeSelector": "qMRMLNodeComboBox",
     "trainVolume3DCheckBox": "QCheckBox",
     "addFeatureNetCheckBox": "QCheckBox",
+    "trainVelocityCheckBox": "QCheckBox",
     "trainVolumesSelector": "qMRMLCheckableNodeComboBox",
     "trainImagesPathLineEdit": "ctkPathLineEdit",
     "trainCsvPathLineEdit": "ctkPathLineEdit",
@@ -102,6 +103,7 @@ EXPECTED_BINDINGS = {
     "trainLabelVolumeSelector": "trainLabelVolume",
     "trainVolume3DCheckBox": "trainVolume3D",
     "addFeatureNetCheckBox": "addFeatureNet",
+    "trainVelocityCheckBox": "trainVelocity",
 }
 
 PANELS = ["Networks", "Similarity heat map", "Registration", "Retrieval"]

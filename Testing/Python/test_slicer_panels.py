@@ -191,19 +191,24 @@ def test_3d_training_from_the_scene_whole_volume_features_then_registration_on_c
 
     assert load_feature_net(logic.networks["deepsim"]).dims == 3
     job = finish(logic.training_job("registration", tmp_path / "r3d.pt", epochs=1, loss="deepsim",
-                                    trainingVolumes=[aNode, bNode], launcher=launcher))
+                                    trainingVolumes=[aNode, bNode], launcher=launcher, velocity=True))
     assert job.state == "succeeded", job.error
     command = launcher.calls[-1]
+    assert "--velocity" in command
     assert command[command.index("--features") + 1] == str(tmp_path / "f3d.pt")
     assert len(command[command.index("--images") + 1:command.index("--features")]) == 2
     from DeepSimilarityLib.registration.network import load_registration_net
 
-    assert load_registration_net(logic.networks["registration"]).config["spatial_dims"] == 3
+    config = load_registration_net(logic.networks["registration"]).config
+    assert config["spatial_dims"] == 3 and config["velocity"] is True  # 'Velocity field' reached the net
     calls = len(launcher.calls)
     with pytest.raises(ValueError, match="training volumes: only 'mr_a' is checked"):
         logic.training_job("registration", tmp_path / "x.pt", loss="mse", trainingVolumes=[aNode], launcher=launcher)
     with pytest.raises(ValueError, match=r"training volumes: mix 2D slices and 3D volumes \('mr_a' \(3D\)"):
         logic.training_job("registration", tmp_path / "x.pt", loss="mse", trainingVolumes=[aNode, sliceNode],
+                           launcher=launcher)
+    with pytest.raises(ValueError, match="velocity: only registration networks"):
+        logic.training_job("deepsim", tmp_path / "x.pt", imageNode=aNode, labelNode=labelNode, velocity=True,
                            launcher=launcher)
     with pytest.raises(ValueError, match="training image: a whole-volume .* 'slice' is one slice"):
         logic.training_job("deepsim", tmp_path / "x.pt", imageNode=sliceNode, labelNode=labelNode, volume3D=True,
@@ -673,9 +678,10 @@ def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
     panel.showKind("similarity")
     assert ui.pairsSpinBox.visible and ui.trainCtVolumeSelector.visible and not ui.epochsSpinBox.visible
     panel.showKind("registration")
-    assert ui.trainVolumesSelector.visible and not ui.trainVolume3DCheckBox.visible
+    assert ui.trainVolumesSelector.visible and ui.trainVelocityCheckBox.visible and not ui.trainVolume3DCheckBox.visible
     panel.showKind("deepsim")
-    assert ui.trainVolume3DCheckBox.visible and not ui.trainVolumesSelector.visible
+    assert ui.trainVolume3DCheckBox.visible
+    assert not (ui.trainVolumesSelector.visible or ui.trainVelocityCheckBox.visible)
     # Checking 'Whole volume (3D)' raises a slice-sized epoch count to the command line's 3D default, and
     # leaves a larger one, or an unchecking, alone.
     from DeepSimilarityLib.cli.train_registration import FEATURE_EPOCHS
@@ -700,3 +706,17 @@ def test_networks_panel_lists_shows_and_loads(module, scene, monkeypatch):
     panel.onLoadShippedButton()  # 'add' applies to feature nets only: here it replaces, checked or not
     assert widget.logic.networks["similarity"].endswith("ctmr_similarity.pt")
     assert ui.currentNetworkLabel.text == "ctmr_similarity.pt"
+    # Train: the checked 'Velocity field' reaches a registration net's training, and no other kind's.
+    jobs = []
+    monkeypatch.setattr(widget.logic, "training_job", lambda kind, out, **kw: jobs.append((kind, kw)) or "job")
+    widget.cancelJobFrom = lambda button: False
+    widget.runJob = lambda job, button, on_success: None
+    ui.trainVolumesSelector.checkedNodes = lambda: []
+    ui.trainOutputPathLineEdit = Any(currentPath="")
+    widget._parameterNode = types.SimpleNamespace(
+        epochs=1, pairs=10, bits=8, trainCtVolume=None, trainMrVolume=None, trainImageVolume=None,
+        trainLabelVolume=None, registrationLoss="mse", trainVolume3D=False, addFeatureNet=False, trainVelocity=True)
+    for kind in ("registration", "hashing"):
+        panel.showKind(kind)
+        panel.onTrainButton()
+    assert [(kind, kw["velocity"]) for kind, kw in jobs] == [("registration", True), ("hashing", False)]
