@@ -59,8 +59,9 @@ def register_parser(sub):
     g.add_argument("--quick", action="store_true", help="smoke run: fewer epochs/steps, one lambda, fewer or no "
                                                         "B-spline pairs")
     g.add_argument("--save-weights", help="folder for the chosen deepsim-seg net and its feature net")
-    g.add_argument("--velocity", action="store_true", help="slices: the nets output a stationary velocity field "
-                                                            "(scaling and squaring); writes registration_2d_velocity.*")
+    g.add_argument("--velocity", action="store_true",
+                   help="slices and brain3d-net: the nets output a stationary velocity field (scaling and squaring); "
+                        "writes registration_2d_velocity.* or registration_3d_net_folds_velocity*")
     g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     g.add_argument("--out-dir", default="benchmarks/results",
                    help="folder for registration_{2d,3d,3d_net_folds,em}.{json,md,png}")
@@ -100,8 +101,8 @@ def run_registration(args):
         raise InputError("--losses", f"unknown for --data {args.data}: {unknown}; choose from {allowed}")
     if args.fold != "all" and args.data != "brain3d-net":
         raise InputError("--fold", f"applies to --data brain3d-net only, not {args.data}")
-    if args.velocity and args.data != "slices":
-        raise InputError("--velocity", f"applies to --data slices only, not {args.data}")
+    if args.velocity and args.data not in ("slices", "brain3d-net"):
+        raise InputError("--velocity", f"applies to trained networks (--data slices or brain3d-net), not {args.data}")
     if args.steps is None:
         args.steps = 1000 if args.data == "brain3d-net" else 100
     for name in ("epochs", "steps"):
@@ -122,7 +123,9 @@ def run_registration(args):
         from ..registration.experiment3d_net import run_and_report_3d_net_folds
 
         folds = (0, 1, 2) if args.fold == "all" else (int(args.fold),)
-        run_and_report_3d_net_folds(losses, args.quick, args.out_dir, args.steps, folds=folds)
+        stem = "registration_3d_net_folds" + ("_velocity" if args.velocity else "")
+        run_and_report_3d_net_folds(losses, args.quick, args.out_dir, args.steps, folds=folds, stem=stem,
+                                    velocity=args.velocity)
     elif args.data == "em":
         from ..registration.experiment_em import run_and_report_em
 

@@ -203,7 +203,10 @@ def test_cli_evaluate_registration_trained_3d_nets_run_every_fold_and_merge(tmp_
     assert all((tmp_path / f"registration_3d_net_folds_fold{k}.json").is_file() for k in range(3))
     calls.clear()
     assert main(argv + ["--fold", "2", "--steps", "30"]) == 0
-    assert [(c["fold"], c["steps"]) for c in calls] == [(2, 30)]
+    assert [(c["fold"], c["steps"]) for c in calls] == [(2, 30)] and not calls[0]["velocity"]
+    calls.clear()
+    assert main(argv + ["--fold", "1", "--velocity"]) == 0
+    assert calls[0]["velocity"] and (tmp_path / "registration_3d_net_folds_velocity_fold1.json").is_file()
 
 
 def test_cli_evaluate_registration_bad_input(tmp_path, capsys):
