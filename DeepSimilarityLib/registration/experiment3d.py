@@ -142,6 +142,7 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
     if phases and propagate:
         raise InputError("propagate", "cannot be combined with phases (one image per subject)")
     nets, info = {}, {}
+    carried = {} if carried is None else carried
     for mode in modes:
         for s in (range(len(vols.names)) if subjects is None else subjects):
             if phases:
@@ -151,7 +152,6 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
                 x = torch.cat([images[t] for t in [s] + others])
                 labels = None  # an autoencoder learns the images alone: nothing to propagate
                 if mode == "seg":
-                    carried = {} if carried is None else carried
                     if s not in carried:  # deterministic: the same labels for every net of this subject
                         carried[s] = propagated_labels(vols, images, s, others, log)
                     labels = torch.cat([BLOCK_LABELS[block_labels](m, factor)
@@ -170,6 +170,21 @@ def feature_nets(vols, images, modes, steps: int, lr: float, factor: int, seed: 
     return nets, info
 
 
+def scored_pairs(vols, images, pairs, factor: int) -> tuple[dict, object]:
+    """What the 3D pair benchmarks share: a result dict with the grids, the pair names and the affine-only
+    scores of ``pairs`` (``"losses"`` empty), and ``score_pair(ddf, (moving, fixed))`` scoring a displacement
+    of one pair as :func:`score` does. ``images``: the subjects' ``(1, 1, d, h, w)`` network-grid images."""
+
+    def score_pair(ddf, p):
+        return score(ddf, vols.labels[p[0]], vols.labels[p[1]])
+
+    zero = torch.zeros((1, 3) + tuple(images[0].shape[2:]))
+    out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images[0].shape[2:]), "factor": factor,
+                     "pairs": [f"{vols.names[m]} -> {vols.names[f]}" for m, f in pairs]},
+           "affine_only": collect([score_pair(zero, p) for p in pairs]), "losses": {}}
+    return out, score_pair
+
+
 def run_comparison_3d(losses, factor: int = 4, steps: int = 100, lr: float = 0.1, lambda_factors=LAMBDA_FACTORS,
                       feature_steps: int = 150, feature_lr: float = 3e-3, calibration=(0, 1), bspline: bool = True,
                       levels: int = 1, seed: int = 0, log=print) -> dict:
@@ -179,24 +194,16 @@ def run_comparison_3d(losses, factor: int = 4, steps: int = 100, lr: float = 0.1
     images = downsampled(vols, factor)
     pairs = volume_pairs(vols)
     calibration = tuple(calibration)
-    names = [f"{vols.names[m]} -> {vols.names[f]}" for m, f in pairs]
-    out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images[0].shape[2:]), "factor": factor,
-                     "pairs": names, "steps": steps, "lr": lr, "lambda_factors": list(lambda_factors),
-                     "calibration_pair": names[pairs.index(calibration)], "folding_limit": FOLDING_LIMIT,
-                     "feature_steps": feature_steps, "feature_lr": feature_lr, "seed": seed, "levels": levels,
-                     "feature_training": "per pair, the third subject only"}, "losses": {}}
-    zero = torch.zeros((1, 3) + tuple(images[0].shape[2:]))
-    affine = [score(zero, vols.labels[m], vols.labels[f]) for m, f in pairs]
-    out["affine_only"] = collect(affine)
+    out, score_pair = scored_pairs(vols, images, pairs, factor)
+    out["setup"].update(steps=steps, lr=lr, lambda_factors=list(lambda_factors), folding_limit=FOLDING_LIMIT,
+                        calibration_pair=out["setup"]["pairs"][pairs.index(calibration)], feature_steps=feature_steps,
+                        feature_lr=feature_lr, seed=seed, levels=levels,
+                        feature_training="per pair, the third subject only")
     log(f"affine only (no deformation): mean Dice {np.mean(out['affine_only']['dice']):.3f}")
     modes = sorted({n.split("-")[1] for n in losses if n.startswith("deepsim")})
     nets, out["setup"]["feature_nets"] = feature_nets(vols, images, modes, feature_steps, feature_lr, factor, seed, log)
 
     subjects = len(vols.names)
-
-    def score_pair(ddf, p):
-        return score(ddf, vols.labels[p[0]], vols.labels[p[1]])
-
     out["losses"] = compare_losses(losses, images, pairs, score_pair,
                                    lambda mode, p: nets[(mode, third_subject(p, subjects))], LAMBDA_CENTRE,
                                    lambda_factors, steps, lr, pairs.index(calibration), levels=levels, log=log)
@@ -238,7 +245,6 @@ def run_and_report_3d(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benc
     return result
 
 
-
 def run_bspline_settings_3d(factor: int = 4, pairs: int | None = None, settings=None, log=print) -> dict:
     """SimpleITK B-spline MI with each of ``settings`` (default :data:`BSPLINE_SETTINGS`) on the six directed
     pairs (the first ``pairs`` of them), scored as the instance benchmark scores its losses; result in the
@@ -246,14 +252,7 @@ def run_bspline_settings_3d(factor: int = 4, pairs: int | None = None, settings=
     vols = load_brain_volumes()
     images = downsampled(vols, factor)
     chosen = volume_pairs(vols)[:pairs]
-    zero = torch.zeros((1, 3) + tuple(images[0].shape[2:]))
-    out = {"setup": {"grid": list(vols.images[0].shape), "network_grid": list(images[0].shape[2:]), "factor": factor,
-                     "pairs": [f"{vols.names[m]} -> {vols.names[f]}" for m, f in chosen]},
-           "affine_only": collect([score(zero, vols.labels[m], vols.labels[f]) for m, f in chosen]), "losses": {}}
-
-    def score_pair(ddf, p):
-        return score(ddf, vols.labels[p[0]], vols.labels[p[1]])
-
+    out, score_pair = scored_pairs(vols, images, chosen, factor)
     for name, options in (settings or BSPLINE_SETTINGS).items():
         log(f"B-spline MI, {name}")
         r = bspline_runs(images, chosen, score_pair, log=log, **options)
