@@ -27,6 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv=None):
+    from DeepSimilarityLib.cli.common import positive_numbers
     from DeepSimilarityLib.registration.losses import CROSS_MODALITY, LOSSES
     from DeepSimilarityLib.registration.report import run_and_report
 
@@ -37,23 +38,17 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--velocity", action="store_true",
                    help="nets output a stationary velocity field (scaling and squaring) -> registration_2d_velocity.*")
-    p.add_argument("--lambda-factors", default="",
+    p.add_argument("--lambda-factors", type=positive_numbers, default=None,
                    help="comma-separated factors on each loss's lambda centre (default 0.25,1,4); validation picks one")
     p.add_argument("--stem", default="", help="result file name without extension (default from the options)")
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    try:
-        factors = [float(f) for f in args.lambda_factors.split(",")] if args.lambda_factors else None
-    except ValueError:
-        p.error(f"--lambda-factors: not a comma-separated list of numbers: {args.lambda_factors!r}")
-    if factors is not None and min(factors) <= 0:
-        p.error(f"--lambda-factors: every factor must be positive, got {args.lambda_factors!r}")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
     run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,
-                   args.save_weights, args.velocity, factors, args.stem or None)
+                   args.save_weights, args.velocity, args.lambda_factors, args.stem or None)
     return 0
 
 

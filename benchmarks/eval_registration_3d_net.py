@@ -44,6 +44,7 @@ def _channels(text: str) -> tuple:
 
 
 def main(argv=None):
+    from DeepSimilarityLib.cli.common import positive_numbers
     from DeepSimilarityLib.registration.compare import INSTANCE_LOSSES
     from DeepSimilarityLib.errors import InputError
     from DeepSimilarityLib.registration.experiment3d import BLOCK_LABELS
@@ -98,7 +99,7 @@ def main(argv=None):
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--velocity", action="store_true",
                    help="every net outputs a stationary velocity field integrated by scaling and squaring")
-    p.add_argument("--lambda-factors", default="1",
+    p.add_argument("--lambda-factors", type=positive_numbers, default=[1.0],
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
                    help="validation: best Dice on synthetic deformations of the hub subject (default); folding: "
@@ -125,10 +126,6 @@ def main(argv=None):
             runs = [json.loads(Path(f.strip()).read_text()) for f in files.split(",")]
             report_3d_net(merge(runs), args.out_dir, args.stem, instance)
             return 0
-    try:
-        factors = [float(f) for f in args.lambda_factors.split(",")]
-    except ValueError:
-        p.error(f"--lambda-factors: not a comma-separated list of numbers: {args.lambda_factors!r}")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
@@ -141,8 +138,8 @@ def main(argv=None):
         p.error(str(e))
     run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
                           [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          factors, args.lambda_rule, fold=args.fold, seed=args.seed, augment=not args.no_augment,
-                          variant=variant, velocity=args.velocity)
+                          args.lambda_factors, args.lambda_rule, fold=args.fold, seed=args.seed,
+                          augment=not args.no_augment, variant=variant, velocity=args.velocity)
     return 0
 
 

@@ -22,6 +22,17 @@ def parse_point(text: str) -> tuple:
     return values
 
 
+def positive_numbers(text: str) -> list:
+    """``"0.25,1,4"`` -> ``[0.25, 1.0, 4.0]``, every one above zero (an argparse type: the error names the option)."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"every value must be positive, got {text!r}")
+    return values
+
+
 def output_path(path, name: str) -> Path:
     """Check that an output file can be created (its folder exists), before any work starts."""
     path = Path(path)
