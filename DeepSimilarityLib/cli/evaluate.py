@@ -123,9 +123,7 @@ def run_registration(args):
         from ..registration.experiment3d_net import run_and_report_3d_net_folds
 
         folds = (0, 1, 2) if args.fold == "all" else (int(args.fold),)
-        stem = "registration_3d_net_folds" + ("_velocity" if args.velocity else "")
-        run_and_report_3d_net_folds(losses, args.quick, args.out_dir, args.steps, folds=folds, stem=stem,
-                                    velocity=args.velocity)
+        run_and_report_3d_net_folds(losses, args.quick, args.out_dir, args.steps, folds=folds, velocity=args.velocity)
     elif args.data == "em":
         from ..registration.experiment_em import run_and_report_em
 

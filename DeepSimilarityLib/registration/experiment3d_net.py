@@ -338,11 +338,13 @@ def run_and_report_3d_net(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="
 
 def run_and_report_3d_net_folds(losses=INSTANCE_LOSSES, quick: bool = False, out_dir="benchmarks/results",
                                 steps: int = 1000, instance: dict | None = None, folds=(0, 1, 2),
-                                stem: str = "registration_3d_net_folds", velocity: bool = False, log=print) -> dict:
+                                stem: str | None = None, velocity: bool = False, log=print) -> dict:
     """Every fold of :func:`fold_pairs` (one report each, ``{stem}_fold{k}``), then one report over all
     their test pairs, ``{stem}`` (``_quick`` appended when ``quick``). No ablation. Returns the merged result.
-    ``velocity``: every net integrates a stationary velocity field.
+    ``velocity``: every net integrates a stationary velocity field; the default stem is then
+    ``registration_3d_net_folds_velocity`` (else ``registration_3d_net_folds``).
     """
+    stem = stem or "registration_3d_net_folds" + ("_velocity" if velocity else "")
     runs = [run_and_report_3d_net(losses, quick, out_dir, steps, instance, ablation=(), stem=f"{stem}_fold{k}",
                                   fold=k, velocity=velocity, log=log) for k in folds]
     merged = merge_3d_net_folds(runs)
