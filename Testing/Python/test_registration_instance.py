@@ -242,7 +242,6 @@ def test_cli_evaluate_registration_passes_velocity_to_the_slice_comparison(tmp_p
 
 
 def test_slice_benchmark_passes_the_lambda_grid_and_stem(tmp_path, monkeypatch, capsys):
-
     from DeepSimilarityLib.registration import report
 
     script = benchmark_script("eval_registration")
