@@ -54,8 +54,10 @@ def merge_3d_net_results(results: list) -> dict:
 
 
 # Setup entries that differ between folds by design (or are timings); everything else must agree.
+# A fold may also have its own lambda grid: one lambda chosen by a sweep on fold 0 is carried to folds 1 and 2
+# as a single factor (each loss's lambda must still agree between folds).
 PER_FOLD = ("fold", "pairs", "train_pairs", "feature_training", "feature_nets", "minutes_total",
-            "minutes_longest_run", "merged_runs")
+            "minutes_longest_run", "merged_runs", "lambda_factors")
 CONCATENATED = ("dice", "dice_per_label", "folding", "train_dice", "train_folding", "val_dice")
 
 
@@ -82,6 +84,9 @@ def merge_3d_net_folds(results: list) -> dict:
                  minutes_total=sum(r["setup"].get("minutes_total", 0.0) for r in results), merged_runs=len(results),
                  minutes_longest_run=max(r["setup"].get("minutes_longest_run", r["setup"].get("minutes_total", 0.0))
                                          for r in results))
+    grids = [r["setup"].get("lambda_factors", [1.0]) for r in results]
+    if any(g != grids[0] for g in grids):
+        setup["lambda_factors_by_fold"] = grids
     affine = {k: [v for r in results for v in r["affine_only"][k]] for k in results[0]["affine_only"]}
     out = {"setup": setup, "affine_only": affine, "losses": {}}
     for name in results[0]["losses"]:
@@ -156,9 +161,16 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
                         f"(label-free)",
              "validation": "the one with the highest mean Dice on 4 synthetic smooth deformations of the hub "
                            "subject (its own labels; no test label)"}
-    lam = (f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
-           if len(factors) == 1 else f"lambda per loss: {s['lambda_source']}'s times {factors}, "
-           f"{rules[s.get('lambda_rule', 'folding')]}; every run under 'sweep' in the JSON")
+    if factors == [1.0]:
+        lam = f"lambda per loss from {s['lambda_source']} (the 3D instance benchmark's label-free folding rule)"
+    elif len(factors) == 1:
+        lam = f"lambda per loss: {s['lambda_source']}'s times {factors[0]:g}"
+    else:
+        lam = (f"lambda per loss: {s['lambda_source']}'s times {factors}, {rules[s.get('lambda_rule', 'folding')]}; "
+               f"every run under 'sweep' in the JSON")
+    if s.get("lambda_factors_by_fold"):
+        lam += (f" (lambda factors per fold: {s['lambda_factors_by_fold']}; a fold with one factor takes the lambda "
+                f"the sweep chose)")
     minutes = (f"{s['minutes_total']:.1f} min in all" if s.get("merged_runs", 1) == 1 else
                f"{s['minutes_total']:.1f} min of compute in {s['merged_runs']} runs (the longest "
                f"{s['minutes_longest_run']:.1f} min)")

@@ -328,6 +328,27 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
         rep.merge_3d_net_folds([f0, f1, f2])
 
 
+def test_merge_folds_carries_a_lambda_chosen_on_fold_0(tmp_path):
+    """Fold 0 sweeps 1/4 and 1 x; folds 1 and 2 rerun the chosen 1/4 x alone: one lambda, grids per fold."""
+    def chosen(k):
+        loss = {**loss_result(0.000625, 0.6), "inference_ms": 100.0}
+        return run_result({"mse": loss}, 1.0, fold=k, pairs=[f"p{k}", f"q{k}"], train_pairs=[f"t{k}"],
+                          feature_training=f"subject {k}", lambda_factors=[0.25, 1.0] if k == 0 else [0.25])
+
+    merged = rep.merge_3d_net_folds([chosen(0), chosen(1), chosen(2)])
+    assert merged["setup"]["lambda_factors_by_fold"] == [[0.25, 1.0], [0.25], [0.25]]
+    text = rep.report_3d_net(merged, tmp_path, "carried", log=lambda *_: None)
+    assert "lambda factors per fold: [[0.25, 1.0], [0.25], [0.25]]" in text
+    same = rep.merge_3d_net_folds([chosen(1), chosen(2)])
+    assert "lambda_factors_by_fold" not in same["setup"]
+    text = rep.report_3d_net(same, tmp_path, "one", log=lambda *_: None)
+    assert "lambda per loss: inst.json's times 0.25. " in text and "folding rule" not in text
+    other = chosen(1)
+    other["losses"]["mse"]["lambda"] = 0.0025  # the grids may differ, the lambda a loss ends with may not
+    with pytest.raises(InputError, match="lambda differs"):
+        rep.merge_3d_net_folds([chosen(0), other])
+
+
 def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     script = benchmark_script("eval_registration_3d_net")
     calls = []
