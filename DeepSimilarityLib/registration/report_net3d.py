@@ -67,6 +67,8 @@ def merge_3d_net_folds(results: list) -> dict:
     Per-pair lists are concatenated in the order of ``results``; lambdas and steps must agree; training
     seconds and inference times are averaged. A result without ``"fold"`` in its setup (made before
     folds existed) is fold 0. ``setup["folds"]`` and each loss's ``"fold_dice"`` keep the per-fold means.
+    Lambda grids may differ between folds (each loss's lambda may not); they are then kept as
+    ``setup["lambda_factors_by_fold"]``.
     """
     _check_same_setup(results, ignore=PER_FOLD)
     folds = [r["setup"].get("fold", 0) for r in results]
