@@ -36,9 +36,10 @@ def _check_same_setup(results: list, ignore) -> None:
 def merge_3d_net_results(results: list) -> dict:
     """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
 
-    The setups must agree except for timing and feature-net entries; minutes add up.
+    The setups must agree except for timing and feature-net entries; minutes add up. A run may itself be a
+    merge (a loss added to an earlier merge later): its runs and longest run count as they were.
     """
-    _check_same_setup(results, ignore=("minutes_total", "feature_nets"))
+    _check_same_setup(results, ignore=("minutes_total", "feature_nets", "minutes_longest_run", "merged_runs"))
     out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
     for i, r in enumerate(results):
         twice = set(r["losses"]) & set(out["losses"])
@@ -48,8 +49,10 @@ def merge_3d_net_results(results: list) -> dict:
         if "ablation" in r:
             out.setdefault("ablation", {}).update(r["ablation"])
         out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
-    minutes = [r["setup"].get("minutes_total", 0.0) for r in results]
-    out["setup"].update(minutes_total=sum(minutes), minutes_longest_run=max(minutes), merged_runs=len(results))
+    setups = [r["setup"] for r in results]
+    out["setup"].update(minutes_total=sum(s.get("minutes_total", 0.0) for s in setups),
+                        minutes_longest_run=max(s.get("minutes_longest_run", s.get("minutes_total", 0.0)) for s in setups),
+                        merged_runs=sum(s.get("merged_runs", 1) for s in setups))
     return out
 
 

@@ -267,6 +267,20 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
         rep.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
 
 
+def test_merge_adds_a_loss_to_an_earlier_merge():
+    """A loss run later (another seed's MSE) joins a two-run merge: runs and the longest run count as they were."""
+    a = run_result({"deepsim-seg": loss_result(0.075, 0.61)}, 30.0, feature_nets={"seg:vxm": {}})
+    b = run_result({"ncc": loss_result(0.25, 0.62)}, 20.0)
+    later = run_result({"mse": loss_result(0.0025, 0.6)}, 25.0)
+    merged = rep.merge_3d_net_results([rep.merge_3d_net_results([a, b]), later])
+    assert list(merged["losses"]) == ["deepsim-seg", "ncc", "mse"] and merged["setup"]["feature_nets"] == {"seg:vxm": {}}
+    setup = merged["setup"]
+    assert (setup["minutes_total"], setup["minutes_longest_run"], setup["merged_runs"]) == (75.0, 30.0, 3)
+    with pytest.raises(InputError, match=r"results\[1\].*seed"):
+        rep.merge_3d_net_results([rep.merge_3d_net_results([a, b]), run_result({"mse": loss_result(0.0025, 0.6)}, 1.0,
+                                                                                seed=2)])
+
+
 def test_validation_rule_takes_the_best_synthetic_dice():
     sweep = [{"lambda": 1.0, "val_dice": [0.6, 0.62]}, {"lambda": 4.0, "val_dice": [0.7, 0.64]},
              {"lambda": 16.0, "val_dice": [0.67, 0.67]}]
