@@ -9,7 +9,8 @@
 * :mod:`.instance`, :mod:`.compare`: per-pair instance optimisation of a displacement and the
   comparison protocol built on it (:mod:`.experiment3d`: 3D brain pairs, :mod:`.experiment_em`:
   serial-section EM); :mod:`.experiment3d_net`: a trained 3D network on the brain volumes
-  (:mod:`.report_net3d`: merging its runs and folds, its reports);
+  (:mod:`.report_net3d`: merging its runs and folds, its reports; :mod:`.paired_comparison`: two losses
+  paired over its test pairs and seeds);
 * :mod:`.ctmr_loss`: the learned CT/MR patch similarity as a 2D loss (``ctmr-learned``).
 
 Tensors are ``(B, C, H, W)`` in 2D and ``(B, C, D, H, W)`` in 3D, in the array order of

@@ -21,7 +21,7 @@ def instance_on_test_pairs(instance: dict, test_pairs: list) -> dict:
     return out
 
 
-def _check_same_setup(results: list, ignore) -> None:
+def check_same_setup(results: list, ignore) -> None:
     """InputError unless ``results`` is not empty and every setup equals the first's outside ``ignore``."""
     if not results:
         raise InputError("results", "nothing to merge")
@@ -39,7 +39,7 @@ def merge_3d_net_results(results: list) -> dict:
     The setups must agree except for timing and feature-net entries; minutes add up. A run may itself be a
     merge (a loss added to an earlier merge later): its runs and longest run count as they were.
     """
-    _check_same_setup(results, ignore=("minutes_total", "feature_nets", "minutes_longest_run", "merged_runs"))
+    check_same_setup(results, ignore=("minutes_total", "feature_nets", "minutes_longest_run", "merged_runs"))
     out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
     for i, r in enumerate(results):
         twice = set(r["losses"]) & set(out["losses"])
@@ -51,7 +51,8 @@ def merge_3d_net_results(results: list) -> dict:
         out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
     setups = [r["setup"] for r in results]
     out["setup"].update(minutes_total=sum(s.get("minutes_total", 0.0) for s in setups),
-                        minutes_longest_run=max(s.get("minutes_longest_run", s.get("minutes_total", 0.0)) for s in setups),
+                        minutes_longest_run=max(s.get("minutes_longest_run", s.get("minutes_total", 0.0))
+                                                for s in setups),
                         merged_runs=sum(s.get("merged_runs", 1) for s in setups))
     return out
 
@@ -73,7 +74,7 @@ def merge_3d_net_folds(results: list) -> dict:
     Lambda grids may differ between folds (each loss's lambda may not); they are then kept as
     ``setup["lambda_factors_by_fold"]``.
     """
-    _check_same_setup(results, ignore=PER_FOLD)
+    check_same_setup(results, ignore=PER_FOLD)
     folds = [r["setup"].get("fold", 0) for r in results]
     if len(set(folds)) != len(folds):
         raise InputError("results", f"folds {folds} repeat; each fold may appear once")
