@@ -136,9 +136,11 @@ def main(argv=None):
         variant = DeepSimVariant(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DeepSimVariant)})
     except InputError as e:
         p.error(str(e))
-    run_and_report_3d_net([s.strip() for s in args.losses.split(",")], args.quick, args.out_dir, args.steps, instance,
-                          [s.strip() for s in args.ablation.split(",") if s.strip()], args.feature_steps, args.stem,
-                          args.lambda_factors, args.lambda_rule, fold=args.fold, seed=args.seed,
+    run_and_report_3d_net([s.strip() for s in args.losses.split(",")], quick=args.quick, out_dir=args.out_dir,
+                          steps=args.steps, instance=instance,
+                          ablation=[s.strip() for s in args.ablation.split(",") if s.strip()],
+                          feature_steps=args.feature_steps, stem=args.stem, lambda_factors=args.lambda_factors,
+                          lambda_rule=args.lambda_rule, fold=args.fold, seed=args.seed,
                           augment=not args.no_augment, variant=variant, velocity=args.velocity)
     return 0
 
