@@ -139,21 +139,27 @@ HAND_MADE_METRICS = {"nmi": NMIMetric, "lcc": LCCMetric, "mind": MINDMetric}
 DEFAULT_LEARNED_WEIGHTS = "ctmr_similarity.pt"
 
 
-def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
+def get_metric(name: str, weights=None, precision: str = "auto", **kwargs) -> PatchMetric:
     """A metric by name: ``nmi``, ``lcc``, ``mind``, ``learned`` (the CT/MR network), or
     names joined by ``+`` (e.g. ``learned+nmi``): the rank sum of their maps
     (:class:`~.ctmr.cascade.RankSumPatchMetric`, for an MR contrast the network
     has not seen).
 
     ``learned`` loads ``weights`` (default: ``ctmr_similarity.pt`` in the
-    shipped weights folder); a missing file names the command that trains it.
+    shipped weights folder); a missing file names the command that trains it. ``precision``: its
+    arithmetic (``"auto"``: the fastest on this CPU, timed once per metric, so two metrics of the same
+    weights can score differently in the third decimal; ``"float32"``: reproducible).
     """
+    if precision != "auto" and "learned" not in name.split("+"):
+        raise InputError("precision", f"is for the learned metric, not {name!r}")
     if "+" in name:
         from .ctmr.cascade import RankSumPatchMetric
 
         if kwargs:
             raise InputError("metric", f"options {sorted(kwargs)} apply to one metric, not to the rank sum {name!r}")
-        return RankSumPatchMetric(*(get_metric(part, weights=weights) for part in name.split("+")))
+        parts = name.split("+")
+        return RankSumPatchMetric(*(get_metric(p, weights=weights, precision=precision if p == "learned" else "auto")
+                                    for p in parts))
     if name == "learned":
         from pathlib import Path
 
@@ -164,7 +170,7 @@ def get_metric(name: str, weights=None, **kwargs) -> PatchMetric:
         if not path.exists():
             raise InputError(path, "no CT/MR similarity weights; train them with "
                                    f"'deepsim similarity train --out {path}'")
-        return LearnedPatchMetric.from_file(path, **kwargs)
+        return LearnedPatchMetric.from_file(path, precision=precision, **kwargs)
     if name not in HAND_MADE_METRICS:
         raise InputError("metric", f"unknown metric {name!r}; choose one of {sorted(HAND_MADE_METRICS) + ['learned']} "
                                    "or join names by '+' (e.g. learned+nmi)")

@@ -23,6 +23,10 @@ def register_parser(sub):
                         "(learned+nmi: robust to an MR contrast the network never saw) (default nmi)")
     h.add_argument("--weights", help="network file for the learned metric (default: the shipped weights)")
     h.add_argument("--cascade", help="second network (trained with --hard-negatives) cascaded with the first")
+    h.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                   help="arithmetic of the learned metric: auto (default) times the others once and keeps the "
+                        "fastest, so scores can differ in the third decimal between runs or machines; float32 "
+                        "gives the same map every time")
     h.add_argument("--patch-size", type=int, default=17, help="odd patch edge in voxels (default 17)")
     h.add_argument("--neighbourhood", type=int, default=81, help="odd in-plane edge of the searched area (default 81)")
     h.add_argument("--depth", type=int, default=9, help="odd number of slices searched for 3D images (default 9)")
@@ -129,15 +133,16 @@ def run_heatmap(args):
             raise InputError("--" + name.replace("_", "-"), f"must be a positive odd number, got {value}")
     from ..patch_metrics import get_metric
 
-    if args.weights and "learned" not in args.metric.split("+"):
-        raise InputError("--weights", f"is for the learned metric, not {args.metric!r}")
-    metric = get_metric(args.metric, weights=args.weights)
+    for option in ("weights", "precision"):
+        if getattr(args, option) not in (None, "auto") and "learned" not in args.metric.split("+"):
+            raise InputError("--" + option, f"is for the learned metric, not {args.metric!r}")
+    metric = get_metric(args.metric, weights=args.weights, precision=args.precision)
     if args.cascade:
         from ..ctmr.cascade import CascadePatchMetric
 
         if args.metric != "learned":
             raise InputError("--cascade", "needs --metric learned")
-        metric = CascadePatchMetric(metric, get_metric("learned", weights=args.cascade))
+        metric = CascadePatchMetric(metric, get_metric("learned", weights=args.cascade, precision=args.precision))
     result = similarity_heatmap(ct, mr, point=point, index=index, metric=metric, patch_size=args.patch_size,
                                 neighbourhood=args.neighbourhood, depth=args.depth)
     write_image(result.scores, out)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from DeepSimilarityLib.cli import main
+from DeepSimilarityLib.cli import build_parser, main
 from DeepSimilarityLib.image_io import Volume, read_image, write_image
 
 COMMANDS = [["demo"], ["info"], ["phantom"], ["register"], ["similarity", "heatmap"], ["similarity", "train"],
@@ -68,6 +68,8 @@ def test_bad_inputs_write_nothing(tmp_path, capsys):
           "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "h.nii.gz")], "is for the learned metric"),
         (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "learned+nmx",
           "--out", str(tmp_path / "h.nii.gz")], "unknown metric 'nmx'"),
+        (["similarity", "heatmap", "--ct", str(ct), "--mr", str(ct), "--index", "5,5", "--metric", "nmi",
+          "--precision", "float32", "--out", str(tmp_path / "h.nii.gz")], "--precision: is for the learned metric"),
     ]
     for args, message in cases:
         code, io = run(args, capsys)
@@ -106,14 +108,22 @@ def test_train_then_learned_heatmap_2d_and_3d(tmp_path, capsys):
     assert main(["similarity", "heatmap", "--ct", str(ct), "--mr", str(mr), "--index", "60,128", "--metric", "learned",
                  "--weights", str(weights), "--cascade", str(weights), "--out", str(heat)]) == 0
     assert read_image(heat).array.shape == (81, 81)
-    # the rank sum of the trained network (not the shipped one) and NMI: sums of two percentile ranks in (0, 2]
+    # the rank sum of the trained network (not the shipped one) and NMI: sums of two percentile ranks in (0, 2].
+    # float32 on both sides: "auto" precision is chosen by timing, so two metrics may differ in the third decimal.
     assert main(["similarity", "heatmap", "--ct", str(ct), "--mr", str(mr), "--index", "60,128", "--metric",
-                 "learned+nmi", "--weights", str(weights), "--neighbourhood", "21", "--out", str(heat)]) == 0
+                 "learned+nmi", "--weights", str(weights), "--neighbourhood", "21", "--precision", "float32",
+                 "--out", str(heat)]) == 0
     from DeepSimilarityLib.heatmap import similarity_heatmap
     from DeepSimilarityLib.patch_metrics import get_metric
 
-    expected = similarity_heatmap(read_image(ct), read_image(mr), index=(60, 128), neighbourhood=21,
-                                  metric=get_metric("learned+nmi", weights=weights))
+    from DeepSimilarityLib.ctmr.learned_metric import PRECISIONS
+
+    metric = get_metric("learned+nmi", weights=weights, precision="float32")
+    heatmap = ["similarity", "heatmap", "--ct", "c", "--mr", "m", "--index", "1,1", "--out", "h"]
+    for precision in PRECISIONS:  # the CLI takes every precision the metric does
+        assert build_parser().parse_args(heatmap + ["--precision", precision]).precision == precision
+    assert [m.resolved_precision() for m in metric.metrics if hasattr(m, "resolved_precision")] == ["float32"]
+    expected = similarity_heatmap(read_image(ct), read_image(mr), index=(60, 128), neighbourhood=21, metric=metric)
     summed = read_image(heat).array
     np.testing.assert_allclose(summed, expected.scores.array, atol=1e-6)
     assert 0 < summed.min() and summed.max() <= 2.0
