@@ -49,20 +49,33 @@ class HeatmapLogicMixin:
             return True
         return int(neighbourhood) ** 2 > IN_PROCESS_POSITIONS
 
+    def _metricKey(self, metric):
+        weights = self.networks.get("similarity") if _uses_network(metric) else None
+        stamp = os.stat(weights) if weights and os.path.exists(weights) else None
+        return metric, weights, stamp and (stamp.st_mtime_ns, stamp.st_size)  # a retrained file is a new key
+
     def _metric(self, metric):
         """The metric object, kept between maps: building the learned one reads its file and times its
         precisions (about 0.5 s), which a point dragged with Auto update would otherwise pay per map."""
         from DeepSimilarityLib.patch_metrics import get_metric
 
-        weights = self.networks.get("similarity") if _uses_network(metric) else None
-        stamp = os.stat(weights) if weights and os.path.exists(weights) else None
-        key = (metric, weights, stamp and (stamp.st_mtime_ns, stamp.st_size))  # a retrained file is a new key
+        key = self._metricKey(metric)
         cache = self.__dict__.setdefault("_heatmapMetrics", {})
         if key not in cache:
             for old in [k for k in cache if k[:2] == key[:2]]:
                 del cache[old]
-            cache[key] = get_metric(metric, weights=weights)
+            cache[key] = get_metric(metric, weights=key[1])
         return cache[key]
+
+    def _settledPrecision(self, metric):
+        """The arithmetic this session's in-process maps of ``metric`` use (None before the first one).
+
+        A background map passes it on, so that it equals the in-process map of the same point: left to
+        itself, the job would time the precisions again and may settle on another one under load.
+        """
+        kept = self.__dict__.get("_heatmapMetrics", {}).get(self._metricKey(metric))
+        learned = [m for m in getattr(kept, "metrics", (kept,)) if hasattr(m, "resolved_precision")]
+        return learned[0].resolved_precision() if learned else None
 
     def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
                         outputNode=None, depth=None):
@@ -109,6 +122,8 @@ class HeatmapLogicMixin:
             args += ["--depth", int(depth)]
         if _uses_network(metric) and self.networks.get("similarity"):
             args += ["--weights", self.networks["similarity"]]
+        if self._settledPrecision(metric):
+            args += ["--precision", self._settledPrecision(metric)]
 
         def on_success(job):
             scores = read_image(path["heat.nii.gz"])

@@ -331,6 +331,9 @@ def test_heatmap_job_equals_the_in_process_map(logic):
     finish(job)
     assert job.state == "succeeded", job.error
     assert launcher.calls[-1][launcher.calls[-1].index("--weights") + 1] == logic.networks["similarity"]
+    # the job uses the arithmetic the in-process map settled on ("auto" would time it again, maybe differently)
+    settled = logic._metric("learned+nmi").metrics[0].resolved_precision()
+    assert launcher.calls[-1][launcher.calls[-1].index("--precision") + 1] == settled
     heat, best = job.result
     np.testing.assert_allclose(slicer.util.arrayFromVolume(heat), slicer.util.arrayFromVolume(expected), atol=1e-5)
     assert best == pytest.approx(expected_best)
