@@ -139,6 +139,7 @@ def run_demo(args):
     from ..heatmap import similarity_heatmap
     from ..image_io import resample_to, write_image
     from ..intensity_metrics import mutual_information
+    from ..patch_metrics import get_metric
     from ..phantom import LABELS, make_head_phantom
 
     out = Path(args.out)
@@ -158,14 +159,16 @@ def run_demo(args):
                "patch_centre_index_xy": [centre[1], centre[0]], "heatmaps": {}}
     maps, best = {}, {}
     for name in metrics:
-        result = similarity_heatmap(phantom.ct, reg.warped, index=centre[::-1], metric=name)
+        # float32: "auto" picks the learned net's arithmetic by timing, and a demo should print the same every run
+        metric = get_metric(name, precision="float32") if name == "learned" else name
+        result = similarity_heatmap(phantom.ct, reg.warped, index=centre[::-1], metric=metric)
         write_image(result.scores, out / f"heatmap_{name}.nii.gz")
         maps[name] = result.scores.array
         best[name] = tuple(b - c + 40 for b, c in zip(result.best_index, centre))
         shift = float(np.hypot(*(np.array(result.best_index) - centre)))
         summary["heatmaps"][name] = {"best_match_offset_voxels": shift, "file": f"heatmap_{name}.nii.gz"}
         steps.update()
-    summary["heatmaps"]["learned"]["weights"] = "weights/ctmr_similarity.pt"
+    summary["heatmaps"]["learned"].update(weights="weights/ctmr_similarity.pt", precision="float32")
     summary["deformable_registration"] = demo_deformable(phantom, out)
     steps.update()
     summary["retrieval"] = demo_retrieval(out)

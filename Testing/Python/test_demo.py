@@ -11,6 +11,7 @@ def test_demo_runs_every_step_with_the_shipped_weights(tmp_path, monkeypatch):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary["heatmaps"]) == {"nmi", "lcc", "mind", "learned"}
+    assert summary["heatmaps"]["learned"]["precision"] == "float32"  # the same map every run, whatever the load
     for name in summary["heatmaps"]:
         assert (tmp_path / "demo" / f"heatmap_{name}.nii.gz").exists()
     deformable = summary["deformable_registration"]
