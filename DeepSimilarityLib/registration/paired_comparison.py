@@ -20,7 +20,9 @@ from ..errors import InputError
 from .report_net3d import check_same_setup
 
 # Setup entries that may differ between runs of one protocol at different seeds (or are timings / bookkeeping).
-PER_RUN = ("seed", "minutes_total", "minutes_longest_run", "merged_runs", "feature_nets")
+# "feature_training" is prose whose wording changed between versions; what it describes (hub subject, variant
+# switches such as feature_propagated_labels) is in setup entries of its own, which must agree.
+PER_RUN = ("seed", "minutes_total", "minutes_longest_run", "merged_runs", "feature_nets", "feature_training")
 
 
 def check_runs(runs: dict) -> None:

@@ -47,6 +47,9 @@ def test_runs_must_be_one_protocol_at_distinct_seeds():
         paired_comparison({"a": run(0, dice), "b": run(1, dice, pairs=PAIRS[::-1])}, "ds", "ncc")
     with pytest.raises(InputError, match=r"^b: no 'mse' loss \(it has \['ds', 'ncc'\]\)"):
         paired_comparison({"a": run(0, {**dice, "mse": [0.6] * 6}), "b": run(1, dice)}, "ds", "mse")
+    worded = paired_comparison({"a": run(0, dice, feature_training="the hub only"),
+                                "b": run(1, dice, feature_training="from its hub")}, "ds", "ncc")
+    assert worded["seeds"] == [0, 1]  # prose about the feature nets may be worded differently
     with pytest.raises(InputError, match="^runs: no run"):
         paired_comparison({}, "ds", "ncc")
 
