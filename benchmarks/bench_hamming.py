@@ -27,8 +27,7 @@ from pathlib import Path  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from DeepSimilarityLib.atomic import atomic_output  # noqa: E402
-from DeepSimilarityLib.cli.common import write_json  # noqa: E402
+from DeepSimilarityLib.cli.common import write_json, write_text  # noqa: E402
 from DeepSimilarityLib.datasets import CHESTXRAY14_LABELS  # noqa: E402
 from DeepSimilarityLib.retrieval.case_database import CaseDatabase  # noqa: E402
 from DeepSimilarityLib.retrieval.hamming_index import HammingIndex, popcount_scan  # noqa: E402
@@ -179,8 +178,7 @@ def main(argv=None):
                       "db size <= 2x raw": res["db_size_ratio"] <= 2}
     write_json(res, args.out)
     table = print_table(res)
-    with atomic_output(Path(args.out).with_suffix(".md")) as tmp:
-        Path(tmp).write_text(table)
+    write_text(table, Path(args.out).with_suffix(".md"))
     print(table)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0

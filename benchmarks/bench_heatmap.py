@@ -28,6 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from DeepSimilarityLib.cli.common import write_json  # noqa: E402
 from DeepSimilarityLib.ctmr.patch_pairs import skull_edge_mask  # noqa: E402
 from DeepSimilarityLib.ctmr import LearnedPatchMetric, PatchSimilarityNet, load_net  # noqa: E402
 from DeepSimilarityLib.patch_metrics import get_metric  # noqa: E402
@@ -168,7 +169,7 @@ def main():
            "bf16_fp32_max_abs_diff": float(np.max(np.abs(f32 - b16))), "bf16_fp32_same_argmax": agree,
            "precision_effect_on_rank_error": effect, "nmi_vectorised_vs_loop_max_abs_diff": same, "heatmap_3d": mem, "threads": torch.get_num_threads(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    (RESULTS / "heatmap.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, RESULTS / "heatmap.json")
     print(f"wrote {RESULTS / 'heatmap.json'}")
 
 

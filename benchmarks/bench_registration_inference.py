@@ -54,6 +54,8 @@ def main():
     if len(sys.argv) == 3:  # child process: one case
         print(json.dumps(one_case(sys.argv[1], int(sys.argv[2]))))
         return
+    from DeepSimilarityLib.cli.common import write_json
+
     rows = []
     for threads in (1, os.cpu_count()):
         for name in CASES:
@@ -65,8 +67,7 @@ def main():
             print(f"{name:8s} {str(r['shape']):16s} net grid {str(r['network_grid']):16s} threads {threads}: "
                   f"{1000 * r['median_seconds']:8.1f} ms, peak {r['peak_rss_mb']:.0f} MB")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "registration_inference.json").write_text(json.dumps({"cpu_count": os.cpu_count(), "cases": rows},
-                                                                    indent=2) + "\n")
+    write_json({"cpu_count": os.cpu_count(), "cases": rows}, RESULTS / "registration_inference.json")
     print(f"wrote {RESULTS / 'registration_inference.json'}")
 
 

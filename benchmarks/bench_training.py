@@ -9,13 +9,13 @@ epochs per layer, 5 fine-tuning epochs; the paper reports 30 minutes) and
     python benchmarks/bench_training.py  ->  benchmarks/results/training.json
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from DeepSimilarityLib.cli.common import write_json
 from DeepSimilarityLib.ctmr import train_similarity_net
 from DeepSimilarityLib.ctmr.experiment import load_region, phantom_slices, select_slices
 from DeepSimilarityLib.ctmr.patch_pairs import pairs_from_slices
@@ -56,7 +56,7 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     out = {"source": source, "pairs": len(pairs), "threads": torch.get_num_threads(), "presets": rows,
            "paper_reported_seconds": PAPER_MINUTES * 60}
-    (RESULTS / "training.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, RESULTS / "training.json")
     print(f"wrote {RESULTS / 'training.json'}")
 
 

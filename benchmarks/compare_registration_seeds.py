@@ -63,8 +63,7 @@ def markdown(comparisons: list, runs: dict) -> str:
 
 
 def main(argv=None):
-    from DeepSimilarityLib.atomic import atomic_output
-    from DeepSimilarityLib.cli.common import write_json
+    from DeepSimilarityLib.cli.common import write_json, write_text
     from DeepSimilarityLib.errors import InputError
     from DeepSimilarityLib.registration.paired_comparison import paired_comparison
 
@@ -90,8 +89,7 @@ def main(argv=None):
     print(text)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / f"{args.stem}.md") as tmp:
-        Path(tmp).write_text(text)
+    write_text(text, out / f"{args.stem}.md")
     write_json({"comparisons": comparisons}, out / f"{args.stem}.json")
     return 0
 

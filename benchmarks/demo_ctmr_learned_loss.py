@@ -46,7 +46,7 @@ def end_point_error(u: torch.Tensor, u_true: torch.Tensor, mask: torch.Tensor) -
 def main(argv=None):
     from monai.networks.blocks import Warp
 
-    from DeepSimilarityLib.cli.common import write_json
+    from DeepSimilarityLib.cli.common import write_json, write_text
     from DeepSimilarityLib.datasets import CTMRSlices
     from DeepSimilarityLib.registration.data import downsample
     from DeepSimilarityLib.registration.instance import optimise_displacement
@@ -112,7 +112,7 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "registration_ctmr_synthetic.md").write_text(text)
+    write_text(text, out / "registration_ctmr_synthetic.md")
     write_json({"setup": vars(args), "minutes": minutes, "slices": rows}, out / "registration_ctmr_synthetic.json")
     print(text)
     return 0

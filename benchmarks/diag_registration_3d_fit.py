@@ -16,7 +16,6 @@ the test pair's labels, so it is kept out of every choice; one thread, ~25 min.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from DeepSimilarityLib.cli.common import write_json, write_text
 from DeepSimilarityLib.paths import missing_shared_data
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,9 +103,9 @@ def main(argv=None):
     result["setup"]["minutes_total"] = (time.perf_counter() - t0) / 60
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "registration_3d_fit.json").write_text(json.dumps(result, indent=1))
+    write_json(result, out / "registration_3d_fit.json")
     text = table(result)
-    (out / "registration_3d_fit.md").write_text(text)
+    write_text(text, out / "registration_3d_fit.md")
     print(text)
     return 0
 

@@ -43,6 +43,13 @@ def output_path(path, name: str) -> Path:
     return path
 
 
+def write_text(text: str, path) -> Path:
+    """Write a text file (a result table) atomically (temporary file, then rename)."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
 def write_json(data, path) -> Path:
     """Write JSON atomically (temporary file, then rename)."""
     with atomic_output(path) as tmp, open(tmp, "w") as f:

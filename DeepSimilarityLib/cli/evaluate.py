@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import write_json
+from .common import write_json, write_text
 from .similarity import add_recipe_options, describe_recipe, recipe_kwargs, recipe_suffix
 
 
@@ -218,7 +218,7 @@ def run_rank_error(args):
               + (f" ({sum(map(len, extra.values()))} extra training slices)" if extra else "") + ".\n"
               f"Slices kept (body outlines within {args.max_outline_distance} px after registration): {kept}; "
               f"downsampled x{args.downsample}. Mean training seconds per fold: {train_s}.")
-    (out / f"{stem}.md").write_text(header + "\n\n" + table + "\n")
+    write_text(header + "\n\n" + table + "\n", out / f"{stem}.md")
     write_json({"region": args.region, "mr": args.mr, "setting": args.setting, "folds": result["folds"],
                 "seed": args.seed, "pairs_positive": args.pairs, **recipe_kwargs(args),
                 "rank_sum_nmi": args.rank_sum_nmi,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output
-from ..cli.common import write_json
+from ..cli.common import write_json, write_text
 
 PAPER_DICE = {"mse": 0.666, "ncc": 0.657, "ncc-sup": 0.668, "nmi": 0.665, "mind": 0.657, "deepsim-ae": 0.671,
               "deepsim-seg": 0.675}
@@ -79,8 +79,7 @@ def write_report(result: dict, out_dir, stem: str, header: str, title: str | Non
     out_dir = Path(out_dir)
     table = markdown_table(result, paper)
     text = header + "\n\n" + table + "\n" + footer
-    with atomic_output(out_dir / f"{stem}.md") as tmp:
-        Path(tmp).write_text(text)
+    write_text(text, out_dir / f"{stem}.md")
     plain = {k: v for k, v in result.items() if k not in ("nets", "features")}
     write_json(plain, out_dir / f"{stem}.json")
     title = title or (f"2D brain MR slices, {len(result['affine_only']['dice'])} held-out pairs: mean Dice per pair "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli.common import write_json
+from ..cli.common import write_json, write_text
 from .evaluation import DEEP_HASHING, SHALLOW_HASHING, embedding_plot, hashing_experiment, siamese_experiment
 from .hashing import HashSettings
 from .report import hashing_plot, hashing_table, siamese_table
@@ -32,7 +32,7 @@ def run_siamese_benchmark(out_dir, quick: bool = False, folds: int = 3, datasets
         results.append(result)
     text = siamese_table(results) + f"\n\n2D plots: {results[0]['plot'] if results else '-'}."
     log(text)
-    (out_dir / f"siamese_retrieval{suffix}.md").write_text(text + "\n")
+    write_text(text + "\n", out_dir / f"siamese_retrieval{suffix}.md")
     write_json({"results": results, "threads": torch.get_num_threads()}, out_dir / f"siamese_retrieval{suffix}.json")
     log(f"wrote {out_dir}/siamese_retrieval{suffix}.json, .md and siamese_embedding_*{suffix}.png")
     return {"results": results}
@@ -48,7 +48,7 @@ def run_hashing_benchmark(out_dir, quick: bool = False, dataset: str = "nih", fo
     stem = f"hashing_{dataset}" + ("_quick" if quick else "")
     table = hashing_table(result)
     log(table)
-    (out_dir / f"{stem}.md").write_text(table + "\n")
+    write_text(table + "\n", out_dir / f"{stem}.md")
     write_json(result, out_dir / f"{stem}.json")
     hashing_plot(result, out_dir / f"{stem}.png")
     log(f"wrote {out_dir / stem}.json, .md and .png")

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,22 @@ def test_atomic_output_keeps_old_file_on_error_and_gives_normal_permissions(tmp_
     umask = os.umask(0)
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_result_tables_are_written_atomically(tmp_path, monkeypatch):
+    """write_text / write_json (every benchmark's tables) leave the old file whole when the write fails."""
+    from DeepSimilarityLib.cli import common
+
+    table = tmp_path / "r.md"
+    assert common.write_text("| a |\n", table) == table and table.read_text() == "| a |\n"
+
+    def half_then_fail(self, text, *a, **k):
+        with open(self, "w") as f:
+            f.write(text[:2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError):
+        common.write_text("| b |\n", table)
+    monkeypatch.undo()
+    assert table.read_text() == "| a |\n" and os.listdir(tmp_path) == ["r.md"]
