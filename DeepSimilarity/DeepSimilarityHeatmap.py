@@ -122,8 +122,9 @@ class HeatmapLogicMixin:
             args += ["--depth", int(depth)]
         if _uses_network(metric) and self.networks.get("similarity"):
             args += ["--weights", self.networks["similarity"]]
-        if self._settledPrecision(metric):
-            args += ["--precision", self._settledPrecision(metric)]
+        precision = self._settledPrecision(metric)
+        if precision:
+            args += ["--precision", precision]
 
         def on_success(job):
             scores = read_image(path["heat.nii.gz"])
