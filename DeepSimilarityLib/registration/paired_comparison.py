@@ -6,7 +6,7 @@ easier for every loss): each (run, pair) gives one difference, each pair's diffe
 runs, and an exact Wilcoxon signed-rank test asks whether those per-pair differences are centred on zero.
 The pairs, not the (run, pair) observations, are the units of the test: the runs of one pair share its two
 brains and are not independent. With n pairs the exact two-sided p cannot fall below 2 / 2**n (0.031 for
-six), so six pairs can at most show a consistent difference, never a small one.
+six): six pairs can show a difference only when it has the same sign on (nearly) every pair.
 
 Results are in the layout of :mod:`.report_net3d` (``setup.pairs``, ``setup.seed``, ``losses[name].dice``).
 """
