@@ -17,12 +17,12 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from ..errors import InputError
-from .report_net3d import check_same_setup
+from .report_net3d import TIMING, check_same_setup
 
-# Setup entries that may differ between runs of one protocol at different seeds (or are timings / bookkeeping).
+# Setup entries that may differ between runs of one protocol at different seeds, besides the timings.
 # "feature_training" is prose whose wording changed between versions; what it describes (hub subject, variant
 # switches such as feature_propagated_labels) is in setup entries of its own, which must agree.
-PER_RUN = ("seed", "minutes_total", "minutes_longest_run", "merged_runs", "feature_nets", "feature_training")
+PER_RUN = ("seed", "feature_nets", "feature_training") + TIMING
 
 
 def check_runs(runs: dict) -> None:

@@ -33,13 +33,17 @@ def check_same_setup(results: list, ignore) -> None:
             raise InputError(f"results[{i}]", f"setup differs from the first run's in {diff}")
 
 
+# Bookkeeping of how long the runs took and how many were merged (see combined_timing); never part of a protocol.
+TIMING = ("minutes_total", "minutes_longest_run", "merged_runs")
+
+
 def merge_3d_net_results(results: list) -> dict:
     """One result from runs of disjoint losses under the same setup (e.g. two processes, one per core).
 
     The setups must agree except for timing and feature-net entries; minutes add up. A run may itself be a
     merge (a loss added to an earlier merge later): its runs and longest run count as they were.
     """
-    check_same_setup(results, ignore=("minutes_total", "feature_nets", "minutes_longest_run", "merged_runs"))
+    check_same_setup(results, ignore=TIMING + ("feature_nets",))
     out = {"setup": dict(results[0]["setup"]), "affine_only": results[0]["affine_only"], "losses": {}}
     for i, r in enumerate(results):
         twice = set(r["losses"]) & set(out["losses"])
@@ -49,19 +53,23 @@ def merge_3d_net_results(results: list) -> dict:
         if "ablation" in r:
             out.setdefault("ablation", {}).update(r["ablation"])
         out["setup"]["feature_nets"] = {**out["setup"].get("feature_nets", {}), **r["setup"].get("feature_nets", {})}
-    setups = [r["setup"] for r in results]
-    out["setup"].update(minutes_total=sum(s.get("minutes_total", 0.0) for s in setups),
-                        minutes_longest_run=max(s.get("minutes_longest_run", s.get("minutes_total", 0.0))
-                                                for s in setups),
-                        merged_runs=sum(s.get("merged_runs", 1) for s in setups))
+    out["setup"].update(combined_timing(results))
     return out
+
+
+def combined_timing(results: list) -> dict:
+    """Minutes in all, the longest run and the number of runs of ``results``, counting a result that is itself
+    a merge as the runs it was made of."""
+    setups = [r["setup"] for r in results]
+    return {"minutes_total": sum(s.get("minutes_total", 0.0) for s in setups),
+            "minutes_longest_run": max(s.get("minutes_longest_run", s.get("minutes_total", 0.0)) for s in setups),
+            "merged_runs": sum(s.get("merged_runs", 1) for s in setups)}
 
 
 # Setup entries that differ between folds by design (or are timings); everything else must agree.
 # A fold may also have its own lambda grid: one lambda chosen by a sweep on fold 0 is carried to folds 1 and 2
 # as a single factor (each loss's lambda must still agree between folds).
-PER_FOLD = ("fold", "pairs", "train_pairs", "feature_training", "feature_nets", "minutes_total",
-            "minutes_longest_run", "merged_runs", "lambda_factors")
+PER_FOLD = ("fold", "pairs", "train_pairs", "feature_training", "feature_nets", "lambda_factors") + TIMING
 CONCATENATED = ("dice", "dice_per_label", "folding", "train_dice", "train_folding", "val_dice")
 
 
@@ -87,9 +95,7 @@ def merge_3d_net_folds(results: list) -> dict:
                  feature_training="in each fold from its hub subject (" + "; ".join(
                      f"fold {f}: {r['setup']['feature_training']}" for f, r in zip(folds, results)) + ")",
                  feature_nets={k: v for r in results for k, v in r["setup"].get("feature_nets", {}).items()},
-                 minutes_total=sum(r["setup"].get("minutes_total", 0.0) for r in results), merged_runs=len(results),
-                 minutes_longest_run=max(r["setup"].get("minutes_longest_run", r["setup"].get("minutes_total", 0.0))
-                                         for r in results))
+                 **combined_timing(results))
     grids = [r["setup"].get("lambda_factors", [1.0]) for r in results]
     if any(g != grids[0] for g in grids):
         setup["lambda_factors_by_fold"] = grids

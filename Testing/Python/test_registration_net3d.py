@@ -323,6 +323,11 @@ def test_merge_folds_joins_the_test_pairs_of_every_fold(tmp_path):
     s = merged["setup"]
     assert s["folds"] == [0, 1, 2] and s["pairs"] == ["b -> c", "c -> b", "a -> c", "c -> a", "a -> b", "b -> a"]
     assert s["minutes_total"] == 33.0 and set(s["feature_nets"]) == {"seg:a", "seg:b", "seg:c"}
+    ncc0 = fold(0, f0["setup"]["pairs"], 0.6, "a") | {"losses": {"ncc": f0["losses"]["mse"]}}  # a later run
+    del ncc0["setup"]["fold"]
+    with_ncc = [f | {"losses": {**f["losses"], "ncc": f["losses"]["mse"]}} for f in (f1, f2)]
+    twice = rep.merge_3d_net_folds([rep.merge_3d_net_results([f0, ncc0])] + with_ncc)
+    assert twice["setup"]["merged_runs"] == 4  # fold 0 was two runs merged
     mse = merged["losses"]["mse"]
     assert mse["dice"] == [0.6, 0.6, 0.5, 0.5, 0.7, 0.7] and mse["fold_dice"] == [0.6, 0.5, 0.7]
     assert len(mse["folding"]) == 6 and mse["lambda"] == 0.0025 and mse["inference_ms"] == 200.0
