@@ -12,7 +12,7 @@ Protocol details: DeepSimilarityLib/registration/experiment3d_net.py.
         [--deepsim-before-warp] [--deepsim-histogram-match] [--feature-channels 16,32,32]
         [--feature-dropout 0.2] [--feature-ensemble 3] [--feature-block-labels majority] [--feature-phases]
         [--feature-levels 2] [--feature-propagated-labels]
-        [--seed 0] [--no-augment] [--velocity]
+        [--seed 0] [--no-augment] [--velocity [--regularise velocity]]
         [--lambda-factors 1,4,16] [--lambda-rule validation] [--stem registration_3d_net]
       -> benchmarks/results/STEM.{json,md,png}   (--quick: STEM_quick.*)
     python benchmarks/eval_registration_3d_net.py --merge A.json,B.json --stem STEM
@@ -99,6 +99,8 @@ def main(argv=None):
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--velocity", action="store_true",
                    help="every net outputs a stationary velocity field integrated by scaling and squaring")
+    p.add_argument("--regularise", default="displacement", choices=["displacement", "velocity"],
+                   help="the field the diffusion regulariser acts on; 'velocity' (VoxelMorph's choice) needs --velocity")
     p.add_argument("--lambda-factors", type=positive_numbers, default=[1.0],
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],
@@ -126,6 +128,8 @@ def main(argv=None):
             runs = [json.loads(Path(f.strip()).read_text()) for f in files.split(",")]
             report_3d_net(merge(runs), args.out_dir, args.stem, instance)
             return 0
+    if args.regularise == "velocity" and not args.velocity:
+        p.error("--regularise velocity needs --velocity (a displacement net has no velocity field)")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
@@ -141,7 +145,8 @@ def main(argv=None):
                           ablation=[s.strip() for s in args.ablation.split(",") if s.strip()],
                           feature_steps=args.feature_steps, stem=args.stem, lambda_factors=args.lambda_factors,
                           lambda_rule=args.lambda_rule, fold=args.fold, seed=args.seed,
-                          augment=not args.no_augment, variant=variant, velocity=args.velocity)
+                          augment=not args.no_augment, variant=variant, velocity=args.velocity,
+                          regularise=args.regularise)
     return 0
 
 

@@ -167,7 +167,8 @@ def synthetic_validation(image: torch.Tensor, labels: np.ndarray, count: int = 4
 
 def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, feature_net, steps: int, lr: float,
                     augment: bool, seed: int, log=print, validation: list | None = None, fold: int = 0,
-                    variant: DeepSimVariant = DeepSimVariant(), velocity: bool = False) -> dict:
+                    variant: DeepSimVariant = DeepSimVariant(), velocity: bool = False,
+                    regularise: str = "displacement") -> dict:
     """Train one net on the training pairs of ``fold`` (:func:`fold_pairs`) for ``steps`` samples and score
     it on that fold's test and training pairs.
 
@@ -175,8 +176,8 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
     ``validation``: :func:`synthetic_validation` targets of the hub subject ``fold`` (the moving image),
     scored as ``val_dice``. Returns the test scores in the layout :mod:`.report` reads, plus training
     Dice, seconds, inference ms. ``variant``: how a DeepSim loss uses its feature net. ``velocity``: the net
-    outputs a stationary velocity field integrated by scaling and squaring (scored and regularised as the
-    displacement it integrates to).
+    outputs a stationary velocity field integrated by scaling and squaring (scored as the displacement it
+    integrates to; ``regularise`` says which of the two fields the diffusion term acts on).
     """
     train_pairs, test_pairs = fold_pairs(fold)
     loss = (variant.loss(name, feature_net, images[fold:fold + 1]) if name.startswith("deepsim")
@@ -194,7 +195,8 @@ def train_and_score(name: str, images: torch.Tensor, labels: list, lam: float, f
             log(f"  {name}: {100 * fraction:.0f}% of {epochs * len(train_pairs)} steps ({done:.0f} s)")
 
     net, hist = train_registration(images, torch.tensor(train_pairs), loss, lam, epochs=epochs, batch_size=1, lr=lr,
-                                   loss_name=name, seed=seed, velocity=velocity, augment=aug, on_epoch=progress)
+                                   loss_name=name, seed=seed, velocity=velocity, augment=aug, on_epoch=progress,
+                                   regularise=regularise)
     full = labels[0].shape
     ddfs, ms = {}, []
     with torch.no_grad():
@@ -238,7 +240,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                           lambdas: dict | None = None, feature_steps: int = 120, feature_lr: float = 3e-3,
                           augment: bool = True, ablation=(), seed: int = 0, lambda_factors=(1.0,),
                           lambda_rule: str = "validation", fold: int = 0, variant: DeepSimVariant = DeepSimVariant(),
-                          velocity: bool = False, log=print) -> dict:
+                          velocity: bool = False, regularise: str = "displacement", log=print) -> dict:
     """Every loss trained and tested as in the module docstring; result dict in the layout :mod:`.report` reads.
 
     ``fold``: which subject is the hub (:func:`fold_pairs`); 0 (vxm) is the module docstring's split, 1
@@ -251,7 +253,9 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     ``ablation``: losses trained a second time with the other ``augment`` setting, kept under
     ``result["ablation"]`` (not in the table). ``variant``: how the DeepSim feature nets are trained
     and compared (:class:`DeepSimVariant`). ``velocity``: every net integrates a stationary velocity field
-    (recorded in the setup only when set, so results made before the option merge with new default runs).
+    (recorded in the setup only when set, so results made before the option merge with new default runs);
+    ``regularise="velocity"`` puts the diffusion term on that field instead of the displacement (recorded
+    likewise).
     """
     if not lambda_factors or min(lambda_factors) <= 0:
         raise InputError("lambda_factors", f"need one or more positive factors, got {lambda_factors}")
@@ -274,7 +278,8 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
                      "fold": fold,
                      "lambda_factors": list(lambda_factors), "lambda_rule": lambda_rule,
                      "feature_augment": variant.feature_augment, **variant.changed(),
-                     **({"velocity": True} if velocity else {})}, "losses": {}}
+                     **({"velocity": True} if velocity else {}),
+                     **({"regularise": regularise} if regularise != "displacement" else {})}, "losses": {}}
     zero = torch.zeros((1, 3) + tuple(images.shape[2:]))
     out["affine_only"] = {k: [score(zero, vols.labels[m], vols.labels[f])[k] for m, f in test_pairs]
                           for k in ("dice", "dice_per_label", "folding")}
@@ -289,7 +294,7 @@ def run_net_comparison_3d(losses=INSTANCE_LOSSES, factor: int = 4, steps: int = 
     def run(name, aug, lam):
         mode = name.split("-")[1] if name.startswith("deepsim") else None
         r = train_and_score(name, images, vols.labels, lam, nets.get(mode), steps, lr, aug, seed, log, validation,
-                            fold, variant, velocity)
+                            fold, variant, velocity, regularise)
         log(f"{name:12s} augment {aug!s:5s} lambda {r['lambda']:<7g} test Dice {np.mean(r['dice']):.3f} (train "
             f"{np.mean(r['train_dice']):.3f}) folding {100 * np.mean(r['folding']):.3f}% (training pairs "
             f"{100 * np.mean(r['train_folding']):.3f}%; validation Dice "

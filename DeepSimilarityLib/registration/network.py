@@ -73,13 +73,18 @@ class RegistrationNet(nn.Module):
 
     def displacement(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """``(B, dims, H, W[, D])`` displacement in voxels (fixed grid -> moving grid)."""
+        return self.fields(moving, fixed)[1]
+
+    def fields(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, displacement)``, both ``(B, dims, H, W[, D])`` in voxels: the net's own output (the
+        velocity field when it integrates one, else the displacement itself) and the displacement."""
         if moving.shape != fixed.shape or moving.ndim != self.dims + 2:
             raise InputError("images", f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must both be "
                                        f"(B, 1, ...) with {self.dims} spatial axes")
         if any(s % self.multiple for s in fixed.shape[2:]):
             raise InputError("images", f"spatial size {tuple(fixed.shape[2:])} must be divisible by {self.multiple}")
         field = self.head(F.leaky_relu(self.unet(torch.cat([moving, fixed], 1)), 0.2))
-        return self.integrate(field) if self.integrate is not None else field
+        return field, self.integrate(field) if self.integrate is not None else field
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor):
         ddf = self.displacement(moving, fixed)

@@ -128,6 +128,7 @@ MAJORITY = ", segmentation targets the most frequent label of each {0}x{0}x{0} b
 PROPAGATED = (", the nets trained on all three subjects' images, the hub's labels carried onto the other two by "
               "NCC instance registration (their own labels unread)")
 VELOCITY = ", the nets output stationary velocity fields integrated by scaling and squaring"
+ON_VELOCITY = " (the regulariser on the velocity field, not the displacement)"
 LEVELS = "; DeepSim over the {} finest feature levels of each net, not all"
 ENSEMBLE = "; {} feature nets per DeepSim loss (seeds seed, seed + 1, ...), the loss averaged over them"
 CONTRASTED = (", each step on a new random contrast of it (bias field, gamma 0.7-1.5, noise; "
@@ -197,7 +198,8 @@ def report_3d_net(result: dict, out_dir, stem: str, instance: dict | None = None
     header = (("QUICK SMOKE RUN, NOT A RESULT. " if s.get("quick") else "") +
               f"Trained 3D registration networks (MONAI U-Net, one per loss), brain MR, tested on {tested}\n\n"
               f"{split}, on the {g} grid ({s['factor']}x block-averaged), {s['steps']} steps of batch 1, Adam lr "
-              f"{s['lr']}{', seed ' + str(s['seed']) if s.get('seed') else ''}{VELOCITY if s.get('velocity') else ''}, "
+              f"{s['lr']}{', seed ' + str(s['seed']) if s.get('seed') else ''}{VELOCITY if s.get('velocity') else ''}"
+              f"{ON_VELOCITY if s.get('regularise') == 'velocity' else ''}, "
               f"augmentation {AUGMENTED if s['augment'] else 'off'}; {lam}. DeepSim feature nets: 3D, "
               f"{s['feature_steps']} steps, "
               f"{s.get('feature_training', 'the vxm subject only')}{POSED if s.get('feature_augment') else ''}"

@@ -13,10 +13,14 @@ from .losses import needs_labels
 from .network import RegistrationNet, regulariser, warp_image
 
 
+REGULARISED = ("displacement", "velocity")  # what the diffusion regulariser may act on
+
+
 def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn.Module, lam: float,
                        epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, labels: torch.Tensor | None = None,
                        loss_name: str = "", net: RegistrationNet | None = None, seed: int = 0, velocity: bool = False,
-                       augment=None, on_epoch=None, should_stop=None) -> tuple[RegistrationNet, dict]:
+                       augment=None, on_epoch=None, should_stop=None,
+                       regularise: str = "displacement") -> tuple[RegistrationNet, dict]:
     """Minimise ``loss(warped, fixed) + lam * diffusion(ddf)`` over ``pairs``.
 
     Args:
@@ -31,6 +35,8 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
             (:func:`~.augmentation.augment_pairs`); images only, so not with a label loss.
         on_epoch: called with the fraction of epochs done; ``should_stop``: polled every step,
             raises :class:`~DeepSimilarityLib.ctmr.sdae.TrainingCancelled`.
+        regularise: ``"displacement"`` (the diffusion term on ``ddf``) or ``"velocity"`` (on the net's
+            velocity field before integration, as VoxelMorph does; a velocity net only).
     Returns the net in eval mode and ``{"loss": [per epoch], "seconds": ...}``.
     """
     if images.ndim not in (4, 5) or images.shape[1] != 1:
@@ -48,9 +54,14 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
     if supervised and augment is not None:
         # The labels would have to follow the same random transform; no caller needs that yet.
         raise InputError("augment", f"augmentation transforms images only; the {loss_name} loss also reads labels")
+    if regularise not in REGULARISED:
+        raise InputError("regularise", f"must be one of {REGULARISED}, got {regularise!r}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = net or RegistrationNet(images.ndim - 2, velocity=velocity)
+    if regularise == "velocity" and not net.config["velocity"]:
+        raise InputError("regularise", "'velocity' needs a net that integrates a velocity field")
+    on_output = regularise == "velocity"
     n_classes = int(labels.max()) + 1 if supervised else 0
     loss.train()
 
@@ -60,15 +71,17 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
         if augment is not None:
             with torch.no_grad():
                 moving, fixed = augment(moving, fixed)
+        output, ddf = net.fields(moving, fixed)
+        # The penalty is built after the similarity term, as before this option existed: the order of
+        # autograd's gradient sums changes the last bits, and the committed runs reproduce bit for bit.
+        penalty = lambda: lam * regulariser(output if on_output else ddf)  # noqa: E731
         if getattr(loss, "before_warp", False):  # DeepSim warps the moving features, not the image (DeepSimLoss)
-            ddf = net.displacement(moving, fixed)
-            return loss.warped_features_loss(moving, fixed, ddf) + lam * regulariser(ddf)
-        warped, ddf = net(moving, fixed)
+            return loss.warped_features_loss(moving, fixed, ddf) + penalty()
         wl = fl = None
         if supervised:
             wl = warp_image(F.one_hot(labels[m, 0].long(), n_classes).movedim(-1, 1).float(), ddf)
             fl = F.one_hot(labels[f, 0].long(), n_classes).movedim(-1, 1).float()
-        return loss(warped, fixed, wl, fl) + lam * regulariser(ddf)
+        return loss(warp_image(moving, ddf), fixed, wl, fl) + penalty()
 
     net.train()
     t0 = time.perf_counter()

@@ -303,6 +303,36 @@ def test_training_checks_inputs_and_can_be_cancelled():
     assert regulariser(net.displacement(images[:1], images[1:])).item() >= 0
 
 
+@pytest.mark.parametrize("regularise", ["displacement", "velocity"])
+def test_the_regulariser_acts_on_the_field_asked_for(regularise, monkeypatch):
+    import DeepSimilarityLib.registration.train as train_module
+
+    images = torch.cat([blobs((16, 16)), blobs((16, 16), 2.0)])
+    seen = []
+
+    def spy(field):  # records what the diffusion term was given
+        seen.append(field.detach().clone())
+        return regulariser(field)
+
+    monkeypatch.setattr(train_module, "regulariser", spy)
+    net, _ = train_registration(images, [[0, 1]], make_loss("mse", 2), 0.1, epochs=3, lr=1e-2, velocity=True,
+                                regularise=regularise)
+    # One more step at lr 0 leaves the weights as they are, so the field it regularised can be recomputed.
+    seen.clear()
+    train_registration(images, [[0, 1]], make_loss("mse", 2), 0.1, epochs=1, lr=0.0, net=net, regularise=regularise)
+    velocity, ddf = net.fields(images[:1], images[1:])
+    assert not torch.allclose(velocity, ddf)  # after 3 steps at lr 1e-2 the integration changes the field
+    assert torch.allclose(seen[0], velocity if regularise == "velocity" else ddf)
+
+
+def test_regularising_the_velocity_needs_a_velocity_net():
+    images = torch.cat([blobs((16, 16)), blobs((16, 16), 2.0)])
+    with pytest.raises(InputError, match="regularise.*velocity field"):
+        train_registration(images, [[0, 1]], make_loss("mse", 2), 0.1, epochs=1, regularise="velocity")
+    with pytest.raises(InputError, match="regularise"):
+        train_registration(images, [[0, 1]], make_loss("mse", 2), 0.1, epochs=1, velocity=True, regularise="ddf")
+
+
 def test_feature_ensemble_similarity_is_the_mean_of_its_nets(dims):
     torch.manual_seed(0)
     shape = shape_of(dims)
