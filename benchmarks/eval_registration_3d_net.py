@@ -100,7 +100,8 @@ def main(argv=None):
     p.add_argument("--velocity", action="store_true",
                    help="every net outputs a stationary velocity field integrated by scaling and squaring")
     p.add_argument("--regularise", default="displacement", choices=["displacement", "velocity"],
-                   help="the field the diffusion regulariser acts on; 'velocity' (VoxelMorph's choice) needs --velocity")
+                   help="the field the diffusion regulariser acts on; 'velocity' (VoxelMorph's choice) needs "
+                        "--velocity")
     p.add_argument("--lambda-factors", type=positive_numbers, default=[1.0],
                    help="comma-separated factors on each loss's lambda; with several, --lambda-rule picks one")
     p.add_argument("--lambda-rule", default="validation", choices=["validation", "folding"],

@@ -126,19 +126,22 @@ def test_training_lowers_the_loss_and_scores_the_right_pairs(velocity, monkeypat
         return net, hist
 
     monkeypatch.setattr(net3d, "train_registration", spy)
-    r = net3d.train_and_score("mse", images, labels, lam=0.01, feature_net=None, steps=96, lr=1e-2, augment=True,
+    # lr 3e-3, the benchmark's: at 1e-2 the outcome hung on the seed (training-pair Dice 0.0 to 0.95 over
+    # seeds 0-5, the velocity nets now and then blowing up), so a last-bit change to the arithmetic could fail it.
+    r = net3d.train_and_score("mse", images, labels, lam=0.01, feature_net=None, steps=192, lr=3e-3, augment=True,
                               seed=0, log=lambda *a: None, velocity=velocity)
-    assert r["steps"] == 96 and r["train_seconds"] > 0 and r["inference_ms"] > 0 and r["augment"] is True
+    assert r["steps"] == 192 and r["train_seconds"] > 0 and r["inference_ms"] > 0 and r["augment"] is True
     assert len(trained) == 1 and (trained[0].integrate is not None) == velocity
     train_pairs, test_pairs = net3d.fold_pairs(0)
     assert len(r["dice"]) == len(r["folding"]) == len(test_pairs) and len(r["train_dice"]) == 4
-    # Measured: mean MSE per epoch 9.1e-3 -> 2.9e-3 (24 epochs of the 4 pairs, augmented); velocity 2.2e-3
-    assert r["loss_first_last"][1] < 0.5 * r["loss_first_last"][0]
-    # The net moved the training pairs' blobs onto each other: Dice 0.54 without deformation, 0.86 measured
-    # (velocity 0.85).
+    # Measured: mean MSE per epoch 8.6e-3 -> 5.1e-4 (48 epochs of the 4 pairs, augmented; velocity 5.0e-4);
+    # the last/first ratio is 0.045-0.10 over seeds 0-5, both kinds of net.
+    assert r["loss_first_last"][1] < 0.2 * r["loss_first_last"][0]
+    # The net moved the training pairs' blobs onto each other: Dice 0.54 without deformation, 0.965 measured
+    # (velocity 0.948; 0.93 or more at every seed 0-5).
     zero = torch.zeros(1, 3, 16, 16, 16)
     before = [net3d.score(zero, labels[m], labels[f])["dice"] for m, f in train_pairs]
-    assert np.mean(r["train_dice"]) > np.mean(before) + 0.2
+    assert np.mean(r["train_dice"]) > np.mean(before) + 0.3
 
 
 def test_splits_keep_the_test_pair_out_of_training():
