@@ -39,7 +39,8 @@ class RegistrationLogicMixin:
 
     def register(self, fixedNode, movingNode, net_path, transformNode, warpedNode=None, affine="affine",
                  fixedLabelNode=None, movingLabelNode=None):
-        """Register ``movingNode`` to ``fixedNode`` with a registration network, in this process; returns ``transformNode``.
+        """Register ``movingNode`` to ``fixedNode`` with a registration network, in this process;
+        returns ``transformNode``.
 
         ``net_path``: the network's weights file. ``transformNode`` (a
         vtkMRMLGridTransformNode) receives the displacement field and the

@@ -65,7 +65,8 @@ class Volume:
         d = self.ndim
         self.spacing = tuple(float(s) for s in (self.spacing if self.spacing is not None else (1.0,) * d))
         self.origin = tuple(float(o) for o in (self.origin if self.origin is not None else (0.0,) * d))
-        self.direction = np.asarray(self.direction if self.direction is not None else np.eye(d), dtype=float).reshape(d, d)
+        direction = self.direction if self.direction is not None else np.eye(d)
+        self.direction = np.asarray(direction, dtype=float).reshape(d, d)
         if len(self.spacing) != d or len(self.origin) != d:
             raise InputError("geometry", f"spacing {self.spacing} and origin {self.origin} must have {d} values")
 
@@ -193,7 +194,8 @@ def read_image(path, ndim: int | None = None, color: str = "grey", dtype=np.floa
             image = reader.Execute()
     except RuntimeError as exc:  # SimpleITK reports unreadable files this way
         first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "ERROR" in ln or "Could not" in ln or "Unable" in ln), "not a readable image")
+        detail = next((ln for ln in first if "ERROR" in ln or "Could not" in ln or "Unable" in ln),
+                      "not a readable image")
         raise InputError(path, f"cannot read image ({detail.strip()[:160]})") from None
     _check_size(image.GetSize(), path)
     if image.GetDimension() not in (2, 3):
@@ -235,7 +237,8 @@ def _check_gzip_complete(path: Path) -> None:
             while f.read(1 << 22):
                 pass
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"cannot read image (compressed file is truncated or damaged: {type(exc).__name__})") from None
+        raise InputError(path, f"cannot read image (compressed file is truncated or damaged: "
+                               f"{type(exc).__name__})") from None
 
 
 def check_volume(volume: Volume, name: str, ndim: int | None = None) -> Volume:
@@ -310,7 +313,8 @@ def write_dicom_series(volume: Volume, folder) -> Path:
         raise InputError(folder, f"folder {folder.parent} does not exist")
     v = volume if volume.ndim == 3 else Volume(volume.array[None], volume.spacing + (1.0,), volume.origin + (0.0,),
                                                np.pad(volume.direction, ((0, 1), (0, 1))) + np.diag([0, 0, 1.0]))
-    image = sitk.Cast(sitk.Round(v.to_sitk()) if np.issubdtype(v.array.dtype, np.floating) else v.to_sitk(), sitk.sitkInt16)
+    image = v.to_sitk()
+    image = sitk.Cast(sitk.Round(image) if np.issubdtype(v.array.dtype, np.floating) else image, sitk.sitkInt16)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         direction = v.direction
@@ -372,8 +376,9 @@ def resample_to(volume: Volume, reference: Volume, transform: sitk.Transform | N
         raise InputError("interpolation", f"must be one of {list(methods)}")
     if volume.ndim != reference.ndim:
         raise InputError("volume", f"{volume.ndim}D image cannot be resampled onto a {reference.ndim}D grid")
-    out = sitk.Resample(volume.to_sitk(), reference.to_sitk(), transform or sitk.Transform(volume.ndim, sitk.sitkIdentity),
-                        methods[interpolation], float(default), sitk.sitkUnknown)
+    transform = transform or sitk.Transform(volume.ndim, sitk.sitkIdentity)
+    out = sitk.Resample(volume.to_sitk(), reference.to_sitk(), transform, methods[interpolation], float(default),
+                        sitk.sitkUnknown)
     result = Volume.from_sitk(out)
     result.array = result.array.astype(volume.array.dtype, copy=False)
     return result

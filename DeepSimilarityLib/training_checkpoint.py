@@ -116,7 +116,8 @@ class EpochCheckpoint:
 
     # -- called by the training loop ---------------------------------------------------------------
     def begin_stage(self, module: torch.nn.Module, optimizer, epochs: int, generators) -> tuple[int, int, list]:
-        """Start the next stage; returns ``(stage, first_epoch, losses_so_far)``, restored from the file when resuming."""
+        """Start the next stage; returns ``(stage, first_epoch, losses_so_far)``, restored from the file when
+        resuming."""
         stage, self._stage = self._stage, self._stage + 1
         if stage >= len(self.saved):
             return stage, 0, []

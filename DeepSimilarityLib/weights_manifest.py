@@ -73,7 +73,8 @@ def verified_weights(folder, name: str) -> Path:
         raise InputError(folder / MANIFEST, f"has no entry for {name}")
     digest = file_sha256(path)
     if digest != entry.get("sha256"):
-        raise InputError(path, f"sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}...; "
+        raise InputError(path, f"sha256 {digest[:12]}... does not match the manifest's "
+                               f"{str(entry.get('sha256'))[:12]}...; "
                                f"the file is damaged or was retrained without updating {MANIFEST}")
     if path.stat().st_size > MAX_BYTES:
         raise InputError(path, f"is {path.stat().st_size / 2 ** 20:.1f} MB, over the {MAX_BYTES // 2 ** 20} MB limit")
@@ -100,7 +101,8 @@ def model_entry(path, kind: str, command: str, training_folder: str, evaluation:
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise InputError(path, f"is {size / 2 ** 20:.1f} MB, over the {MAX_BYTES // 2 ** 20} MB limit for shipped weights")
+        raise InputError(path, f"is {size / 2 ** 20:.1f} MB, over the {MAX_BYTES // 2 ** 20} MB limit for "
+                               f"shipped weights")
     config, metadata = describe_model_file(path)
     hyper = dict(metadata.get("settings") or {})
     hyper.update({k: v for k, v in metadata.items() if k not in _NOT_HYPER})

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learned similarity of medical images: CT/MR patch similarity heat maps, "
                     "DeepSim registration, Siamese and hashing case retrieval.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('DeepSimilarityLib').__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__import__('DeepSimilarityLib').__version__}")
     parser.add_argument("--progress-json", action="store_true",
                         help="report progress as JSON lines on stdout ({\"progress\": fraction, ...}) instead of "
                              "bars on stderr, for programs running deepsim (e.g. the Slicer module)")

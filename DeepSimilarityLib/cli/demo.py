@@ -150,7 +150,8 @@ def run_demo(args):
     phantom = make_head_phantom((256, 256), seed=args.seed, misalign=(6.0, (5.0, -4.0)))
     steps.update()
     reg = register_affine(phantom.ct, phantom.mr, kind="affine")
-    mi_before = float(mutual_information(phantom.ct.array.ravel(), resample_to(phantom.mr, phantom.ct).array.ravel(), 32))
+    mr_on_ct = resample_to(phantom.mr, phantom.ct).array
+    mi_before = float(mutual_information(phantom.ct.array.ravel(), mr_on_ct.ravel(), 32))
     mi_after = float(mutual_information(phantom.ct.array.ravel(), reg.warped.array.ravel(), 32))
     steps.update()
     centre = skull_edge_point(phantom.labels.array, LABELS["skull"], [LABELS["csf"], LABELS["grey_matter"]])

@@ -28,13 +28,17 @@ def register_parser(sub):
                    help="training preset: paper (SGD lr 0.5, batch 5) or modern (Adam; default)")
     r.add_argument("--variants", default="all", help="'all' or comma-separated: deep, unimodal, shallow")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--cascade", action="store_true", help="also evaluate the cascade with a dark-MR hard-negative classifier")
+    r.add_argument("--cascade", action="store_true",
+                   help="also evaluate the cascade with a dark-MR hard-negative classifier")
     r.add_argument("--rank-sum-nmi", action="store_true",
-                   help="also evaluate the multimodal deep network and NMI combined by the sum of their ranks in the map")
+                   help="also evaluate the multimodal deep network and NMI combined by the sum of their ranks in "
+                        "the map")
     add_recipe_options(r)
-    r.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
+    r.add_argument("--downsample", type=int, default=2,
+                   help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
     r.add_argument("--max-outline-distance", type=float, default=3.0,
-                   help="drop slice pairs whose body outlines lie farther apart after registration, in 512-px voxels (default 3)")
+                   help="drop slice pairs whose body outlines lie farther apart after registration, in 512-px "
+                        "voxels (default 3)")
     r.add_argument("--train-outline-distance", type=float,
                    help="training slices may lie this far apart (default: --max-outline-distance); the pairs between "
                         "the two limits train the other folds and are never tested")
@@ -207,7 +211,8 @@ def run_rank_error(args):
     table = results_table(result["psi"]) + "\n\nMean psi per held-out patient:\n\n" + \
         per_patient_table(result["psi"], result["patient"])
     header = (f"Rank error psi_3 on {args.region} patients ({args.mr}), leave-one-patient-out over "
-              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs * args.negatives} training pairs per fold, setting {args.setting}, "
+              f"{len(result['folds'])} folds, {args.pairs}+{args.pairs * args.negatives} training pairs per fold, "
+              f"setting {args.setting}, "
               f"{describe_recipe(args)}"
               + (f", training slices also the training patients' CT/{args.also_train_on} pairs"
                  if args.also_train_on else "")

@@ -114,7 +114,8 @@ def run_register(args):
     result = register_affine(fixed, moving, kind=args.method)
     before = float(mutual_information(fixed.array.ravel(), resample_to(moving, fixed).array.ravel(), 32))
     after = float(mutual_information(fixed.array.ravel(), result.warped.array.ravel(), 32))
-    print(f"{args.method} registration: mutual information {before:.4f} -> {after:.4f} ({result.stop_reason.split(':')[0]})")
+    print(f"{args.method} registration: mutual information {before:.4f} -> {after:.4f} "
+          f"({result.stop_reason.split(':')[0]})")
     if out_t:
         _write_transform(result.transform, out_t)
         print(f"wrote {out_t} (ITK convention: maps fixed points to moving points, LPS mm)")
@@ -146,7 +147,8 @@ def run_register_deformable(args):
     if fixed.ndim != moving.ndim:
         raise InputError(args.moving, f"is {moving.ndim}D but the fixed image {args.fixed} is {fixed.ndim}D")
     result = register_deformable(fixed, moving, net, affine=None if args.pre_align == "none" else args.pre_align)
-    print(f"deformable registration in {result.seconds['total']:.2f} s (network {1000 * result.seconds['network']:.0f} ms); "
+    print(f"deformable registration in {result.seconds['total']:.2f} s "
+          f"(network {1000 * result.seconds['network']:.0f} ms); "
           f"folding {100 * result.folding:.3f}% of voxels")
     if out_t:
         _write_transform(to_sitk_transform(result.displacement), out_t)

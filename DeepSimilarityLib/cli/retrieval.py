@@ -33,7 +33,8 @@ def register_parser(sub):
     a.add_argument("images", nargs="*", help="image files to add")
     a.add_argument("--folder", help="add every image of this folder (or those listed in --labels)")
     a.add_argument("--labels", help="CSV with a file-name column and a label column; other columns become metadata")
-    a.add_argument("--image-column", default="image", help="CSV column of file names, relative to --folder (default image)")
+    a.add_argument("--image-column", default="image",
+                   help="CSV column of file names, relative to --folder (default image)")
     a.add_argument("--label-column", default="labels", help="CSV column of labels (default labels)")
     a.add_argument("--sep", default="|", help="separator between labels in one cell (default |)")
     a.add_argument("--none-label", default="No Finding", help="label meaning 'no label' (default 'No Finding')")
@@ -97,7 +98,8 @@ def run_create(args):
     from ..retrieval.encoders import load_encoder
 
     encoder = load_encoder(args.model)
-    with create_database(args.db, encoder.model_id, encoder.kind, encoder.size, model=_model_reference(args.model)) as db:
+    model = _model_reference(args.model)
+    with create_database(args.db, encoder.model_id, encoder.kind, encoder.size, model=model) as db:
         print(f"created {db.location}: model {encoder.model_id} ({encoder.kind}, {encoder.size})")
 
 
@@ -168,8 +170,8 @@ def run_import(args):
     from ..retrieval.portable import read_export
 
     info = read_export(args.file)[0]
-    db = _open(args.db) if database_exists(args.db) else create_database(args.db, info["model_id"], info["kind"], info["size"],
-                                                                            model=info.get("model", ""))
+    db = (_open(args.db) if database_exists(args.db) else
+          create_database(args.db, info["model_id"], info["kind"], info["size"], model=info.get("model", "")))
     with db:
         report = db.import_file(args.file, progress=True)
         print(f"{db.location}: {report}; {db.count()} cases in total")

@@ -53,14 +53,17 @@ def register_parser(sub):
     t.add_argument("--setting", default="modern", choices=["paper", "modern"],
                    help="paper: SGD lr 0.5, batch 5, 10+5 epochs (the reproduction); modern: Adam, faster and "
                         "better in benchmarks/results (default modern)")
-    t.add_argument("--variant", default="deep", choices=["deep", "shallow"], help="deep 578-578-300-100-2 or shallow (no L3)")
+    t.add_argument("--variant", default="deep", choices=["deep", "shallow"],
+                   help="deep 578-578-300-100-2 or shallow (no L3)")
     t.add_argument("--pretraining", default="multimodal", choices=["multimodal", "unimodal", "none"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--hard-negatives", action="store_true",
                    help="draw negatives from dark MR regions: the second classifier of the cascade")
-    t.add_argument("--downsample", type=int, default=2, help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
+    t.add_argument("--downsample", type=int, default=2,
+                   help="block-average the 512 px slices by this factor (default 2: ~0.9 mm)")
     t.add_argument("--max-outline-distance", type=float, default=3.0,
-                   help="drop slice pairs whose body outlines lie farther apart after registration (512-px voxels, default 3)")
+                   help="drop slice pairs whose body outlines lie farther apart after registration (512-px voxels, "
+                        "default 3)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     add_resume_option(t)
     t.set_defaults(func=run_train)
@@ -71,7 +74,8 @@ def add_recipe_options(p):
     p.add_argument("--negatives", type=int, default=1,
                    help="negatives per positive, drawn in the 81x81 neighbourhood (default 1, the paper's)")
     p.add_argument("--jitter", type=int, default=0,
-                   help="positives' MR patch up to this many voxels off (default 0; 1 = the evaluation's 3x3 tolerance)")
+                   help="positives' MR patch up to this many voxels off (default 0; 1 = the evaluation's 3x3 "
+                        "tolerance)")
     p.add_argument("--patch-norm", default="image", choices=["image", "patch"],
                    help="image: patches of the [0,1] images (the paper's); patch: each patch rescaled to [0,1] "
                         "by its own min/max (robust to another scanner's grey values)")
@@ -106,7 +110,8 @@ def recipe_suffix(args) -> str:
 def describe_recipe(args) -> str:
     return (f"{args.negatives} negative(s) per positive, positive jitter {args.jitter}, "
             f"{args.patch_norm}-normalised patches" +
-            (f", {args.mr_augment:.0%} of MR patches through a random increasing grey-value curve" if args.mr_augment else "")
+            (f", {args.mr_augment:.0%} of MR patches through a random increasing grey-value curve"
+             if args.mr_augment else "")
             + (", pairs mirrored at random" if args.mirror_augment else ""))
 
 
@@ -148,13 +153,15 @@ def run_heatmap(args):
     write_image(result.scores, out)
     centre_point = ct.index_to_physical(result.centre_index[::-1])
     shift = float(np.linalg.norm(result.best_point - centre_point))
-    print(f"{result.metric} heat map {result.scores.size}: best match at LPS {np.round(result.best_point, 2).tolist()} mm, "
-          f"{shift:.2f} mm from the CT point")
+    print(f"{result.metric} heat map {result.scores.size}: best match at LPS "
+          f"{np.round(result.best_point, 2).tolist()} mm, {shift:.2f} mm from the CT point")
     print(f"wrote {out}")
     if out_json:
-        write_json({"metric": result.metric, "centre_lps": centre_point.tolist(), "best_lps": result.best_point.tolist(),
-                    "best_index_xyz": list(result.best_index[::-1]), "distance_mm": shift,
-                    "score_min": float(result.scores.array.min()), "score_max": float(result.scores.array.max())}, out_json)
+        scores = result.scores.array
+        write_json({"metric": result.metric, "centre_lps": centre_point.tolist(),
+                    "best_lps": result.best_point.tolist(), "best_index_xyz": list(result.best_index[::-1]),
+                    "distance_mm": shift,
+                    "score_min": float(scores.min()), "score_max": float(scores.max())}, out_json)
         print(f"wrote {out_json}")
 
 

@@ -134,7 +134,8 @@ def run_train_siamese(args):
     output_path(args.out, "--out")
     torch.set_num_threads(max(1, args.threads))
     data, tr, te, source = _load(args, single_label=True)
-    settings = SiameseSettings(epochs=args.epochs, margin=args.margin, seed=args.seed, flip=data.name == "fundus").check()
+    settings = SiameseSettings(epochs=args.epochs, margin=args.margin, seed=args.seed,
+                               flip=data.name == "fundus").check()
     bar, progress = _progress_bar(args.epochs)
     arch = dict(depth=args.depth, width=args.width, stem_stride=1 if args.size < 40 else 2)
     with resumable_training(args) as checkpoint:

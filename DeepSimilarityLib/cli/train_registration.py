@@ -36,7 +36,8 @@ def add_parsers(kinds):
                         "(default 2 in 2D, 4 in 3D)")
     r.add_argument("--pre-align", choices=["affine", "rigid", "none"], default="affine",
                    help="with --images: how the other images are first aligned to the first (default affine)")
-    r.add_argument("--velocity", action="store_true", help="integrate a stationary velocity field (scaling and squaring)")
+    r.add_argument("--velocity", action="store_true",
+                   help="integrate a stationary velocity field (scaling and squaring)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="weights file to write (.pt)")
     add_resume_option(r)
@@ -64,7 +65,8 @@ def add_parsers(kinds):
     f.set_defaults(func=run_train_features)
 
 
-# The names of registration.losses.LOSSES less the CT/MR ones, which the brain slices cannot train (kept here so that --help does not import torch/MONAI; a test checks).
+# The names of registration.losses.LOSSES less the CT/MR ones, which the brain slices cannot train (kept
+# here so that --help does not import torch/MONAI; a test checks).
 LOSS_NAMES = ["mse", "ncc", "ncc-sup", "nmi", "mind", "deepsim-seg", "deepsim-ae"]
 # lambda chosen on the validation slices in benchmarks/results/registration_2d.md
 DEFAULT_LAMBDA = {"mse": 0.0025, "ncc": 0.25, "ncc-sup": 1.0, "nmi": 1.2, "mind": 4.0, "deepsim-seg": 0.075,

@@ -61,7 +61,8 @@ def fused_linear_sigmoid_works(dtype) -> bool:
             a, w, b = (torch.rand(s, generator=gen).to(dtype) for s in ((5, 7), (3, 7), (3,)))
             fused = torch.ops.mkldnn._linear_pointwise(a, w, b, "sigmoid", [], "")
             plain = torch.sigmoid(torch.addmm(b, a, w.t()))
-            _FUSED_WORKS[dtype] = bool(fused.shape == plain.shape and (fused.float() - plain.float()).abs().max() < 0.01)
+            _FUSED_WORKS[dtype] = bool(fused.shape == plain.shape
+                                       and (fused.float() - plain.float()).abs().max() < 0.01)
         except (AttributeError, RuntimeError, TypeError):
             pass
     return _FUSED_WORKS[dtype]

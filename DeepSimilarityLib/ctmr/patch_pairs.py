@@ -170,8 +170,8 @@ def make_pairs(ct: np.ndarray, mr: np.ndarray, n_positive: int, rng: np.random.G
     region = skull_edge_mask(ct) if region is None else region
     centres = sample_centres(region, n_positive, rng)
     if len(centres) == 0:
-        return PatchPairs(np.zeros((0, patch_size ** ct.ndim), np.float32), np.zeros((0, patch_size ** ct.ndim), np.float32),
-                          np.zeros(0, np.int64))
+        empty = np.zeros((0, patch_size ** ct.ndim), np.float32)
+        return PatchPairs(empty, empty.copy(), np.zeros(0, np.int64))
     repeated = np.repeat(centres, negatives_per_positive, axis=0)
     others = negative_centres(repeated, np.array(ct.shape), rng, radius, min_distance, negative_region)
     shifted = np.clip(centres + rng.integers(-positive_jitter, positive_jitter + 1, centres.shape), 0,

@@ -32,7 +32,8 @@ def rank_errors(pairs, metric: PatchMetric, patch_size: int = 17, neighbourhood:
     psi = []
     for ct, mr, centre in pairs:
         shape = (neighbourhood,) * 2 if ct.ndim == 2 else (depth, neighbourhood, neighbourhood)
-        scores = metric.score_map(crop(ct, centre, (patch_size,) * ct.ndim), search_region(mr, centre, patch_size, shape))
+        scores = metric.score_map(crop(ct, centre, (patch_size,) * ct.ndim),
+                                  search_region(mr, centre, patch_size, shape))
         psi.append(rank_error(scores, window))
         if progress is not None:
             progress()

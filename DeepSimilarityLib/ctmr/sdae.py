@@ -126,7 +126,8 @@ def make_optimizer(params, settings: TrainSettings, lr: float | None = None) -> 
 def run_epochs(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, model: nn.Module, settings: TrainSettings,
                epochs: int, generator: torch.Generator, on_epoch: Callable[[float], None] | None = None,
                should_stop: ShouldStop | None = None, lr: float | None = None, rngs=()) -> list[float]:
-    """Minimises ``loss_fn(batch_indices)`` over shuffled mini-batches of ``model``'s parameters; returns the mean loss per epoch.
+    """Minimises ``loss_fn(batch_indices)`` over shuffled mini-batches of ``model``'s parameters; returns the
+    mean loss per epoch.
 
     The one training loop of the project. ``on_epoch`` gets the fraction of
     epochs done; ``should_stop`` is polled before every step. ``rngs``: other

@@ -98,7 +98,8 @@ def load_oasis(subject: str, dim: int = 3, root=None) -> OasisSubject:
     folder = _oasis_folder(dim, root) / subject
     if not folder.is_dir():
         raise InputError(folder, f"unknown OASIS subject; found {oasis_subjects(root)}")
-    names = ("aligned_norm", "aligned_seg35", "aligned_seg4") if dim == 3 else ("slice_norm", "slice_seg24", "slice_seg4")
+    names = (("aligned_norm", "aligned_seg35", "aligned_seg4") if dim == 3 else
+             ("slice_norm", "slice_seg24", "slice_seg4"))
     image = read_image(require_file(folder / f"{names[0]}.nii.gz"), ndim=dim)
     # dtype=None keeps the files' uint8 labels (no float round trip).
     seg = read_image(require_file(folder / f"{names[1]}.nii.gz"), ndim=dim, dtype=None)

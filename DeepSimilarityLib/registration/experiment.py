@@ -99,7 +99,8 @@ def run_comparison(losses, epochs: int = 10, factor: int = 2, lambda_factors=LAM
     features = {}
     f_images, f_labels = feature_training_set(vols, factor)
     for mode in sorted({name.split("-")[1] for name in losses if name.startswith("deepsim")}):
-        net, hist = train_feature_net(f_images, f_labels if mode == "seg" else None, mode, epochs=feature_epochs, seed=seed)
+        net, hist = train_feature_net(f_images, f_labels if mode == "seg" else None, mode, epochs=feature_epochs,
+                                      seed=seed)
         features[mode] = net
         out["setup"][f"features_{mode}"] = {"seconds": hist["seconds"], "final_loss": hist["loss"][-1],
                                             "images": len(f_images)}
@@ -161,7 +162,8 @@ def save_trained(result: dict, folder) -> list:
         meta = {"loss": "deepsim-seg", "lambda": r["lambda"], "grid": s["network_grid"], "downsample": s["factor"],
                 "intensity": TRAINING_INTENSITY,
                 "features": "deepsim_features_seg_2d.pt", "epochs": s["epochs"], "lr": s["lr"], "date": date,
-                "data": f"{s['train_pairs']} coronal slice pairs vxm <-> OASIS 0001/0002, slices z % 10 in (1, 2, 6, 7)",
+                "data": f"{s['train_pairs']} coronal slice pairs vxm <-> OASIS 0001/0002, slices z % 10 in "
+                        f"(1, 2, 6, 7)",
                 "test_mean_dice": float(np.mean(r["dice"])), "test_folding": float(np.mean(r["folding"]))}
         written.append(save_registration_net(result["nets"]["deepsim-seg"], folder / "registration_deepsim_seg_2d.pt",
                                              meta))

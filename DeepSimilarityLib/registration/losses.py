@@ -140,7 +140,8 @@ def mind_ssc(x: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tenso
     size = x.shape[2:]
 
     def shifted(o):
-        return padded[(slice(None), slice(None)) + tuple(slice(dilation + s, dilation + s + n) for s, n in zip(o, size))]
+        window = tuple(slice(dilation + s, dilation + s + n) for s, n in zip(o, size))
+        return padded[(slice(None), slice(None)) + window]
 
     dist = torch.cat([(shifted(a) - shifted(b)).pow(2) for a, b in pairs], 1)
     pool = F.avg_pool2d if dims == 2 else F.avg_pool3d

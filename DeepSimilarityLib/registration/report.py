@@ -115,7 +115,8 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
     stem = stem or "registration_2d" + ("_velocity" if velocity else "") + ("_quick" if quick else "")
     bs = result.get("bspline_mi", {}).get("pairs")
     header = (f"Learned 2D registration of held-out coronal brain MR slices (OASIS 0001 <-> 0002, {s['test_pairs']} "
-              f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid (2x downsampled), "
+              f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid "
+              f"(2x downsampled), "
               f"Dice scored on the full {s['grid'][0]}x{s['grid'][1]} grid over the seg35 labels present; "
               f"{s['train_pairs']} training pairs (vxm <-> OASIS), {epochs} epochs, lambda from "
               f"{len(s['lambda_factors'])} values per loss by validation Dice ({s['val_pairs']} pairs); "

@@ -66,7 +66,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 4, flip: b
     b, dims = x.shape[0], x.ndim - 2
     out = torch.empty_like(x)
     padded = nn.functional.pad(x, [shift] * (2 * dims)) if shift > 0 else x
-    offsets = torch.randint(0, 2 * shift + 1, (b, dims), generator=generator) if shift > 0 else torch.zeros(b, dims, dtype=torch.long)
+    offsets = (torch.randint(0, 2 * shift + 1, (b, dims), generator=generator) if shift > 0
+               else torch.zeros(b, dims, dtype=torch.long))
     flips = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
     size = x.shape[2:]
     for i in range(b):

@@ -52,7 +52,8 @@ class CaseDatabase(CaseStore):
         with self._errors():
             info = dict(self._db.execute("SELECT key, value FROM info").fetchall())
         if info.get("schema_version") != str(SCHEMA_VERSION) or not {"model_id", "kind", "size"} <= set(info):
-            raise InputError(path, f"case database schema {info.get('schema_version')!r} is not version {SCHEMA_VERSION}")
+            raise InputError(path, f"case database schema {info.get('schema_version')!r} is not version "
+                                   f"{SCHEMA_VERSION}")
         try:
             self.model_id, self.kind, self.size = info["model_id"], info["kind"], int(info["size"])
             check_kind(self.kind, self.size)
@@ -197,7 +198,8 @@ class CaseDatabase(CaseStore):
 
     def _insert(self, cases, codes):
         codes = np.ascontiguousarray(codes, dtype=np.dtype(self.code_dtype).newbyteorder("<"))
-        rows = [(c.source, dumps(list(c.labels)), dumps(dict(c.metadata)), code.tobytes()) for c, code in zip(cases, codes)]
+        rows = [(c.source, dumps(list(c.labels)), dumps(dict(c.metadata)), code.tobytes())
+                for c, code in zip(cases, codes)]
         with self._write() as db:
             before = db.total_changes
             db.executemany("INSERT OR IGNORE INTO cases (source, labels, metadata, code) VALUES (?, ?, ?, ?)", rows)
@@ -213,7 +215,8 @@ class CaseDatabase(CaseStore):
         with self._write() as db:
             for i in range(0, len(sources), _CHUNK):
                 marks = ",".join("?" * len(sources[i:i + _CHUNK]))
-                ids += [r[0] for r in db.execute(f"SELECT id FROM cases WHERE source IN ({marks})", sources[i:i + _CHUNK])]
+                found = db.execute(f"SELECT id FROM cases WHERE source IN ({marks})", sources[i:i + _CHUNK])
+                ids += [r[0] for r in found]
                 db.execute(f"DELETE FROM cases WHERE source IN ({marks})", sources[i:i + _CHUNK])
         if self._index is not None:
             self._index.remove(ids)
@@ -236,8 +239,8 @@ class CaseDatabase(CaseStore):
         last = 0
         while True:
             with self._errors():
-                rows = self._db.execute("SELECT id, source, labels, metadata, code FROM cases WHERE id > ? ORDER BY id LIMIT ?",
-                                        (last, batch)).fetchall()
+                rows = self._db.execute("SELECT id, source, labels, metadata, code FROM cases "
+                                        "WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
                 if not rows:
                     return
                 last = rows[-1][0]

@@ -121,9 +121,9 @@ class CaseStore:
         return np.ascontiguousarray(codes, dtype=self.code_dtype)
 
     # -- adding ------------------------------------------------------------
-    def add(self, cases: Iterable[NewCase], encoder=None, batch_size: int = 64, should_stop: Callable[[], bool] | None = None,
-            progress: bool = True, total: int | None = None, report: AddReport | None = None,
-            model_id: str | None = None) -> AddReport:
+    def add(self, cases: Iterable[NewCase], encoder=None, batch_size: int = 64,
+            should_stop: Callable[[], bool] | None = None, progress: bool = True, total: int | None = None,
+            report: AddReport | None = None, model_id: str | None = None) -> AddReport:
         """Add cases in batches, one transaction each; sources already present are skipped before encoding.
 
         Re-running an interrupted add resumes it: nothing is duplicated and
@@ -156,7 +156,8 @@ class CaseStore:
             if todo:
                 to_encode = [c for c in todo if c.code is None]
                 if len(to_encode) < len(todo) and encoder is None and model_id is None:
-                    raise InputError("model_id", "cases with precomputed codes need the model_id of the model that made them")
+                    raise InputError("model_id", "cases with precomputed codes need the model_id of the model "
+                                                 "that made them")
                 if to_encode and encoder is None:
                     raise InputError(to_encode[0].source, "has no code and no encoder was given")
                 if to_encode:

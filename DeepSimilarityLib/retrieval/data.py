@@ -44,7 +44,8 @@ def one_hot(classes: np.ndarray, n: int) -> np.ndarray:
 
 def single_label(name, images, classes, names, groups) -> RetrievalSet:
     classes = np.asarray(classes, dtype=np.int64)
-    return RetrievalSet(name, images.astype(np.float32), one_hot(classes, len(names)), list(names), list(groups), classes)
+    return RetrievalSet(name, images.astype(np.float32), one_hot(classes, len(names)), list(names), list(groups),
+                        classes)
 
 
 def vxm_slices(size=(64, 64), axis: int = 0, min_voxels: int = 20, slab: int = 8, root=None) -> RetrievalSet:

@@ -33,7 +33,8 @@ def parse_uri(uri) -> tuple[str, str, str]:
         http = "https" if scheme == "milvus+https" else "http"
         collection = parsed.path.strip("/") or DEFAULT_COLLECTION
         return "milvus", f"{http}://{parsed.hostname}:{parsed.port or 19530}", collection
-    raise InputError(uri, f"unknown database scheme {scheme!r}: use a file path, sqlite://, milvus-lite:// or milvus://")
+    raise InputError(uri, f"unknown database scheme {scheme!r}: use a file path, sqlite://, milvus-lite:// "
+                          f"or milvus://")
 
 
 def create_database(uri, model_id: str, kind: str, size: int, model: str = "", **options) -> CaseStore:
@@ -45,7 +46,8 @@ def create_database(uri, model_id: str, kind: str, size: int, model: str = "", *
         return CaseDatabase.create(address, model_id, kind, size, model=model, **options)
     from .milvus_backend import MilvusCaseStore
 
-    return MilvusCaseStore.create(address, collection, model_id, kind, size, model=model, local=backend == "milvus-lite")
+    return MilvusCaseStore.create(address, collection, model_id, kind, size, model=model,
+                                  local=backend == "milvus-lite")
 
 
 def open_database(uri, **options) -> CaseStore:

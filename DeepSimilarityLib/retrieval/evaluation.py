@@ -48,7 +48,8 @@ def siamese_experiment(name: str, n_folds: int = 3, settings: SiameseSettings = 
             net, hist = train(data.images[tr], data.classes[tr], settings, **arch)
             enc = as_encoder(net, method)
             q, db = enc.encode(data.images[te]), enc.encode(data.images[tr])
-            ranked = rm.ranked_relevance(rm.euclidean_distances(q, db), rm.same_class(data.classes[te], data.classes[tr]))
+            ranked = rm.ranked_relevance(rm.euclidean_distances(q, db),
+                                         rm.same_class(data.classes[te], data.classes[tr]))
             out[method]["ap"].append(rm.average_precisions(ranked))
             out[method]["rr"].append(rm.reciprocal_ranks(ranked))
             out[method]["seconds"] += hist["seconds"]

@@ -155,5 +155,6 @@ def hash_codes(net: HashingNet, images: np.ndarray, batch: int = 256) -> np.ndar
     """Images ``(N, H, W)`` -> ``(N, k)`` float32 signs in {-1, 1} (zero maps to +1)."""
     net.eval()
     x = as_batch(images, net.config["image_size"])
-    z = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0, net.config["n_bits"])
+    z = (torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x)
+         else torch.zeros(0, net.config["n_bits"]))
     return np.where(z.numpy() >= 0, 1.0, -1.0).astype(np.float32)

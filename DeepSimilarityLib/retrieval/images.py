@@ -68,7 +68,8 @@ def read_labels_csv(path, image_column: str = "image", label_column: str = "labe
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or image_column not in rows[0] or label_column not in rows[0]:
-        raise InputError(path, f"needs columns {[image_column, label_column]}; has {list(rows[0]) if rows else 'no rows'}")
+        raise InputError(path, f"needs columns {[image_column, label_column]}; "
+                               f"has {list(rows[0]) if rows else 'no rows'}")
     out = {}
     for r in rows:
         labels = [s.strip() for s in (r[label_column] or "").split(sep) if s.strip() and s.strip() != none_label]

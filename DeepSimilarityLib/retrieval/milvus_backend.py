@@ -67,7 +67,8 @@ class MilvusCaseStore(CaseStore):
         except (ValueError, KeyError, TypeError):
             raise InputError(self.location, f"collection {collection!r} is not a case database") from None
         if not isinstance(info, dict) or info.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(self.location, f"collection {collection!r} is not a case database of schema {SCHEMA_VERSION}")
+            raise InputError(self.location, f"collection {collection!r} is not a case database of schema "
+                                            f"{SCHEMA_VERSION}")
         self.model_id, self.kind, self.size = info["model_id"], info["kind"], int(info["size"])
         self.created, self.model = info.get("created", ""), info.get("model", "")
         self._metric = "HAMMING" if self.kind == "binary" else "L2"
@@ -155,7 +156,8 @@ class MilvusCaseStore(CaseStore):
     def _fetch(self, ids):
         out = {}
         for i in range(0, len(ids), _CHUNK):
-            for r in self._c.get(self.collection, ids=list(ids[i:i + _CHUNK]), output_fields=["source", "labels", "metadata"]):
+            fields = ["source", "labels", "metadata"]
+            for r in self._c.get(self.collection, ids=list(ids[i:i + _CHUNK]), output_fields=fields):
                 out[int(r["id"])] = (r["source"], list(r["labels"]), dict(r["metadata"]))
         return out
 

@@ -57,11 +57,13 @@ def load_model(path):
         raise InputError(path, f"config {config} does not describe a network ({err})") from None
     state, wanted = payload.get("state_dict") or {}, net.state_dict()
     if set(state) != set(wanted):
+        missing, extra = sorted(set(wanted) - set(state))[:3], sorted(set(state) - set(wanted))[:3]
         raise InputError(path, f"weights do not match the {config['kind']} architecture "
-                               f"(missing {sorted(set(wanted) - set(state))[:3]}, extra {sorted(set(state) - set(wanted))[:3]})")
+                               f"(missing {missing}, extra {extra})")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(wanted[key].shape):
-            raise InputError(path, f"weight {key} has shape {tuple(tensor.shape)}, the config needs {tuple(wanted[key].shape)}")
+            raise InputError(path, f"weight {key} has shape {tuple(tensor.shape)}, the config needs "
+                                   f"{tuple(wanted[key].shape)}")
     net.load_state_dict(state)
     return net.eval(), dict(payload.get("metadata") or {})
 

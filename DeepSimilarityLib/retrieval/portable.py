@@ -58,7 +58,8 @@ def read_export(path):
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise InputError(path, "not a case database export (no format marker)")
     if info.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(path, f"export schema version {info.get('schema_version')}; this version reads {SCHEMA_VERSION}")
+        raise InputError(path, f"export schema version {info.get('schema_version')}; this version reads "
+                               f"{SCHEMA_VERSION}")
     try:
         check_kind(info["kind"], info["size"])
     except (KeyError, TypeError, ValueError) as exc:

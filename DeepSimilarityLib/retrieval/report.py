@@ -57,13 +57,14 @@ def hashing_plot(result: dict, path) -> None:
 
 def siamese_table(results: list) -> str:
     """Markdown: one row per data set of :func:`.evaluation.siamese_experiment` results, with the target checks."""
-    lines = ["| data | queries | Siamese MAP | supervised MAP | Siamese MRR | supervised MRR | random MAP | random MRR | Siamese MAP >= supervised - 0.03 | Siamese MRR >= supervised - 0.03 |",
+    lines = ["| data | queries | Siamese MAP | supervised MAP | Siamese MRR | supervised MRR | random MAP | "
+             "random MRR | Siamese MAP >= supervised - 0.03 | Siamese MRR >= supervised - 0.03 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
     for r in results:
         s, b = r["siamese"], r["supervised"]
         ok = lambda a, c: "yes" if a >= c - 0.03 else "no"  # noqa: E731  (the paper: Siamese no worse than supervised)
-        lines.append(f"| {r['dataset']} ({r['folds']} fold{'s' * (r['folds'] > 1)}) | {s['queries']} | {s['map']:.3f} | "
-                     f"{b['map']:.3f} | {s['mrr']:.3f} | {b['mrr']:.3f} | {r['random_map']:.3f} | "
+        lines.append(f"| {r['dataset']} ({r['folds']} fold{'s' * (r['folds'] > 1)}) | {s['queries']} | "
+                     f"{s['map']:.3f} | {b['map']:.3f} | {s['mrr']:.3f} | {b['mrr']:.3f} | {r['random_map']:.3f} | "
                      f"{r['random_mrr']:.3f} | {ok(s['map'], b['map'])} | {ok(s['mrr'], b['mrr'])} |")
     return "\n".join(lines)
 

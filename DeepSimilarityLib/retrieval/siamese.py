@@ -171,7 +171,8 @@ def train_siamese(images: np.ndarray, classes: np.ndarray, settings: SiameseSett
         both = augment(torch.cat([x[idx], x[torch.from_numpy(j)]]), g, settings.shift, settings.flip)
         e = net(both)  # one network, both images of the pair: the twins share their weights
         if settings.all_pairs:
-            loss = batch_contrastive_loss(e, torch.from_numpy(classes[np.concatenate([idx.numpy(), j])]), settings.margin)
+            pair_classes = torch.from_numpy(classes[np.concatenate([idx.numpy(), j])])
+            loss = batch_contrastive_loss(e, pair_classes, settings.margin)
         else:
             loss = contrastive_loss(e[: len(idx)], e[len(idx):], torch.from_numpy(same), settings.margin)
         return loss + settings.weight_decay * weight_penalty(net)
