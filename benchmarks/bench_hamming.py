@@ -84,7 +84,8 @@ def main(argv=None):
     codes = rng.integers(0, 256, (args.n, 8), dtype=np.uint8)
     queries = rng.integers(0, 256, (args.queries, 8), dtype=np.uint8)
     ids = np.arange(args.n, dtype=np.int64)
-    res = {"n_codes": args.n, "n_queries": args.queries, "bits": 64, "k": K, "threads": 1, "faiss": faiss.__version__, "numpy": np.__version__}
+    res = {"n_codes": args.n, "n_queries": args.queries, "bits": 64, "k": K, "threads": 1, "faiss": faiss.__version__,
+           "numpy": np.__version__}
 
     # exact: faiss flat index (range search in a sampled radius; and faiss's own counting top-k) vs the
     # numpy popcount scan, interleaved over rounds so that a slow spell of the shared machine hits all three
@@ -192,7 +193,8 @@ def print_table(r):
     print(f"| numpy scan, np.bitwise_count on 64-bit words (baseline) | {r['numpy_scan_qps']:.0f} | 1.000 |")
     print(f"| numpy scan, 8-bit popcount lookup table (numpy < 2.0 way) | {r['numpy_lut_scan_qps']:.0f} | 1.000 |")
     print(f"| faiss IndexBinaryFlat, counting top-k (faiss's own search) | {r['counting_qps']:.0f} | 1.000 |")
-    print(f"| HammingIndex exact: faiss range search in a sampled radius, one query at a time | {r['exact_qps']:.0f} | 1.000 |")
+    print(f"| HammingIndex exact: faiss range search in a sampled radius, one query at a time | "
+          f"{r['exact_qps']:.0f} | 1.000 |")
     print(f"| the same, {r['n_queries']} queries batched | {r['exact_qps_batched']:.0f} | 1.000 |")
     for a in r["approx"]:
         print(f"| IndexBinaryIVF nlist {r['approx_nlist']} nprobe {a['nprobe']} + re-rank | {a['qps']:.0f} | "
@@ -202,7 +204,8 @@ def print_table(r):
     print(f"| clustered codes: faiss IndexBinaryFlat, counting top-k | {c['counting_qps']:.0f} | 1.000 |")
     print(f"| clustered codes: HammingIndex exact (range search) | {c['exact_qps']:.0f} | 1.000 |")
     for a in c["approx"]:
-        print(f"| clustered codes: IndexBinaryIVF nprobe {a['nprobe']} + re-rank | {a['qps']:.0f} | {a['recall_at_100']:.3f} |")
+        print(f"| clustered codes: IndexBinaryIVF nprobe {a['nprobe']} + re-rank | {a['qps']:.0f} | "
+              f"{a['recall_at_100']:.3f} |")
     spread = r["exact_speedup_vs_numpy_rounds"]
     print(f"\nqueries/s are medians of {len(spread)} interleaved rounds. Exact speed-up over numpy: "
           f"{r['exact_speedup_vs_numpy']:.1f}x (bitwise_count; rounds {min(spread):.1f}-{max(spread):.1f}x), "

@@ -163,12 +163,14 @@ def main():
         e = effect[p]
         print(f"{p:<12}{e['mean_psi']:>12.1f}{e['same_argmax']:>12.1%}{e['max_abs_diff']:>12.3f}")
     print(f"vectorised NMI equals the loop: max |diff| {same:.2e}")
-    print(f"3D learned heat map {mem['shape']} (17^3 patches): {mem['seconds']:.1f} s, peak RSS {mem['peak_rss_mb']:.0f} MB")
+    print(f"3D learned heat map {mem['shape']} (17^3 patches): {mem['seconds']:.1f} s, "
+          f"peak RSS {mem['peak_rss_mb']:.0f} MB")
     RESULTS.mkdir(exist_ok=True)
-    out = {"source": source, "learned_net": net_name, "median_ms": rows, "speedup_learned_auto_vs_nmi_loop": baseline / learned_auto,
+    out = {"source": source, "learned_net": net_name, "median_ms": rows,
+           "speedup_learned_auto_vs_nmi_loop": baseline / learned_auto,
            "bf16_fp32_max_abs_diff": float(np.max(np.abs(f32 - b16))), "bf16_fp32_same_argmax": agree,
-           "precision_effect_on_rank_error": effect, "nmi_vectorised_vs_loop_max_abs_diff": same, "heatmap_3d": mem, "threads": torch.get_num_threads(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+           "precision_effect_on_rank_error": effect, "nmi_vectorised_vs_loop_max_abs_diff": same, "heatmap_3d": mem,
+           "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     write_json(out, RESULTS / "heatmap.json")
     print(f"wrote {RESULTS / 'heatmap.json'}")
 

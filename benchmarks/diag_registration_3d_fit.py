@@ -55,7 +55,8 @@ def fit(losses, budgets, net_steps: int, log=print) -> dict:
                 u, _ = optimise_displacement(images[m:m + 1], images[f:f + 1], loss, lam, steps, 0.1, levels=2)
                 dice.append(score(u, vols.labels[m], vols.labels[f])["dice"])
             row["instance"][str(steps)] = dice
-            log(f"{name:12s} instance 2 x {steps:4d} steps: Dice {np.mean(dice):.3f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"{name:12s} instance 2 x {steps:4d} steps: Dice {np.mean(dice):.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
         net, hist = train_registration(images, torch.tensor(pairs), loss, lam, epochs=max(1, net_steps // len(pairs)),
                                        batch_size=1, lr=3e-3, loss_name=name, seed=0)
         with torch.no_grad():

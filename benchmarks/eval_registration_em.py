@@ -3,9 +3,9 @@
 Sections 0..13 of ../shared/data/microscopy/train train the DeepSim feature nets (membrane
 segmentation / autoencoding); consecutive pairs among the held-out sections 16..29 are registered
 by per-pair instance optimisation on the 2x block-averaged 256x256 grid (coarse to fine from
-128x128; lambda per loss by a label-free folding rule on the first pair) and scored by the Dice of the warped membrane mask on
-the full 512x512 grid; folding on the optimisation grid; SimpleITK B-spline MI on the same images.
-One thread. Protocol details: DeepSimilarityLib/registration/experiment_em.py.
+128x128; lambda per loss by a label-free folding rule on the first pair) and scored by the Dice of the
+warped membrane mask on the full 512x512 grid; folding on the optimisation grid; SimpleITK B-spline MI on
+the same images. One thread. Protocol details: DeepSimilarityLib/registration/experiment_em.py.
 
     python benchmarks/eval_registration_em.py [--quick] [--losses mse,ncc,deepsim-seg] [--both-directions]
       -> benchmarks/results/registration_em.{json,md,png}   (--quick: registration_em_quick.*)
