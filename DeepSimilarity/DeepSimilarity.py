@@ -114,6 +114,8 @@ class DeepSimilarityParameterNode:
     mrVolume: vtkMRMLScalarVolumeNode
     point: vtkMRMLMarkupsFiducialNode
     metric: Annotated[str, Choice(["learned", "nmi", "lcc", "mind", "learned+nmi"])] = "nmi"
+    # the learned network's arithmetic (DeepSimilarityHeatmap.PRECISIONS); the hand-made metrics have one
+    heatmapPrecision: Annotated[str, Choice(["auto", "float32", "bfloat16", "int8"])] = "auto"
     neighbourhood: Annotated[int, WithinRange(3, 513)] = 81
     patchSize: Annotated[int, WithinRange(3, 65)] = 17
     autoUpdate: bool = False
@@ -315,11 +317,12 @@ class DeepSimilarityWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pointRAS = [0.0, 0.0, 0.0]
             p.point.GetNthControlPointPositionWorld(0, pointRAS)
             args = (p.ctVolume, p.mrVolume, pointRAS, p.metric, p.neighbourhood, p.patchSize)
+            options = dict(outputNode=self._heatmapNode, precision=p.heatmapPrecision)
             if self.logic.heatmap_in_background(p.ctVolume, p.neighbourhood):
-                job = self.logic.heatmap_job(*args, outputNode=self._heatmapNode)
+                job = self.logic.heatmap_job(*args, **options)
                 self.runJob(job, self.ui.heatmapButton, self._showHeatmap)
             else:
-                self._showHeatmap(self.logic.compute_heatmap(*args, outputNode=self._heatmapNode))
+                self._showHeatmap(self.logic.compute_heatmap(*args, **options))
 
     def _showHeatmap(self, result) -> None:
         heat, best = result

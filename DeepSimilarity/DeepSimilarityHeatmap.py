@@ -12,10 +12,22 @@ import tempfile
 # well under a second; an 81 x 81 map or any 3D map takes seconds to minutes).
 IN_PROCESS_POSITIONS = 31 * 31
 
+# The learned metric's arithmetic (DeepSimilarityLib.ctmr.learned_metric.PRECISIONS, repeated so that
+# the module loads before the library's dependencies are installed; a test checks they agree).
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
 
 def _uses_network(metric: str) -> bool:
     """Whether ``metric`` (a name, or names joined by '+') includes the learned network."""
     return "learned" in metric.split("+")
+
+
+def _precision_for(metric: str, precision: str) -> str:
+    """The precision ``metric`` is computed in: ``precision`` for a map with the learned network, "auto"
+    for the hand-made metrics, which have one arithmetic (the panel's choice applies to the network only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision if _uses_network(metric) else "auto"
 
 
 def _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size):
@@ -49,36 +61,42 @@ class HeatmapLogicMixin:
             return True
         return int(neighbourhood) ** 2 > IN_PROCESS_POSITIONS
 
-    def _metricKey(self, metric):
+    def _metricKey(self, metric, precision="auto"):
         weights = self.networks.get("similarity") if _uses_network(metric) else None
         stamp = os.stat(weights) if weights and os.path.exists(weights) else None
-        return metric, weights, stamp and (stamp.st_mtime_ns, stamp.st_size)  # a retrained file is a new key
+        # a retrained file is a new key
+        return metric, weights, _precision_for(metric, precision), stamp and (stamp.st_mtime_ns, stamp.st_size)
 
-    def _metric(self, metric):
-        """The metric object, kept between maps: building the learned one reads its file and times its
-        precisions (about 0.5 s), which a point dragged with Auto update would otherwise pay per map."""
+    def _metric(self, metric, precision="auto"):
+        """The metric object, kept between maps: building the learned one reads its file and, with
+        ``precision`` "auto", times its precisions (about 0.5 s), which a point dragged with Auto update
+        would otherwise pay per map."""
         from DeepSimilarityLib.patch_metrics import get_metric
 
-        key = self._metricKey(metric)
+        key = self._metricKey(metric, precision)
         cache = self.__dict__.setdefault("_heatmapMetrics", {})
         if key not in cache:
-            for old in [k for k in cache if k[:2] == key[:2]]:
+            for old in [k for k in cache if k[:3] == key[:3]]:
                 del cache[old]
-            cache[key] = get_metric(metric, weights=key[1])
+            cache[key] = get_metric(metric, weights=key[1], precision=key[2])
         return cache[key]
 
-    def _settledPrecision(self, metric):
-        """The arithmetic this session's in-process maps of ``metric`` use (None before the first one).
+    def _settledPrecision(self, metric, precision="auto"):
+        """The arithmetic this session's in-process maps of ``metric`` use: ``precision`` when the panel
+        names one, else what "auto" settled on (None before the first in-process map).
 
         A background map passes it on, so that it equals the in-process map of the same point: left to
         itself, the job would time the precisions again and may settle on another one under load.
         """
+        precision = _precision_for(metric, precision)
+        if precision != "auto":
+            return precision
         kept = self.__dict__.get("_heatmapMetrics", {}).get(self._metricKey(metric))
         learned = [m for m in getattr(kept, "metrics", (kept,)) if hasattr(m, "resolved_precision")]
         return learned[0].resolved_precision() if learned else None
 
     def compute_heatmap(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
-                        outputNode=None, depth=None):
+                        outputNode=None, depth=None, precision="auto"):
         """Score the CT patch at ``pointRAS`` against the MR patches around it, in this process.
 
         Returns ``(heatmapVolumeNode, best_point_RAS)``: a scalar volume on the
@@ -86,19 +104,20 @@ class HeatmapLogicMixin:
         grids differ), shown with a colour table and a window spanning the
         scores, ready to be the foreground over the MR; and the RAS position of
         the best score. 2D maps for one-slice volumes, ``depth`` slices in 3D.
-        The learned metric uses the current similarity network (Networks panel).
+        The learned metric uses the current similarity network (Networks panel), in ``precision``
+        (``PRECISIONS``; "auto": the fastest that agrees with float32, chosen once per session).
         """
         import DeepSimilarityNodes as nodes
         from DeepSimilarityLib.heatmap import similarity_heatmap
 
         ct, mr, index = _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size)
-        result = similarity_heatmap(ct, mr, index=index, metric=self._metric(metric), patch_size=int(patch_size),
-                                    neighbourhood=int(neighbourhood), depth=depth)
+        result = similarity_heatmap(ct, mr, index=index, metric=self._metric(metric, precision),
+                                    patch_size=int(patch_size), neighbourhood=int(neighbourhood), depth=depth)
         node = self.show_heatmap(result.scores, ctNode, metric, outputNode)
         return node, nodes.ras_from_index(ctNode, result.best_index[::-1])
 
     def heatmap_job(self, ctNode, mrNode, pointRAS, metric="nmi", neighbourhood=81, patch_size=17,
-                    outputNode=None, depth=None, launcher=None):
+                    outputNode=None, depth=None, launcher=None, precision="auto"):
         """:meth:`compute_heatmap` as a background :class:`Job` (``deepsim similarity heatmap``).
 
         ``job.result``: ``(heatmapVolumeNode, best_point_RAS)``, set when it succeeds.
@@ -110,6 +129,7 @@ class HeatmapLogicMixin:
         ct, mr, index = _heatmap_inputs(ctNode, mrNode, pointRAS, neighbourhood, patch_size)
         if any(round(i) < 0 or round(i) >= n for i, n in zip(index, ct.array.shape[::-1])):
             raise ValueError("point: lies outside the CT volume")
+        precision = self._settledPrecision(metric, precision)
         folder = tempfile.mkdtemp(prefix="DeepSimilarity-")
         path = {name: os.path.join(folder, name) for name in ("ct.nii.gz", "mr.nii.gz", "heat.nii.gz", "best.json")}
         write_image(ct, path["ct.nii.gz"])
@@ -122,7 +142,6 @@ class HeatmapLogicMixin:
             args += ["--depth", int(depth)]
         if _uses_network(metric) and self.networks.get("similarity"):
             args += ["--weights", self.networks["similarity"]]
-        precision = self._settledPrecision(metric)
         if precision:
             args += ["--precision", precision]
 

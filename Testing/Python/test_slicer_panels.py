@@ -339,6 +339,43 @@ def test_heatmap_job_equals_the_in_process_map(logic):
     assert best == pytest.approx(expected_best)
 
 
+def test_heatmap_precision_chosen_in_the_panel(logic):
+    import DeepSimilarityHeatmap
+    import DeepSimilarityNodes as nodes
+    from DeepSimilarityLib.ctmr.learned_metric import PRECISIONS
+    from DeepSimilarityLib.heatmap import similarity_heatmap
+    from DeepSimilarityLib.patch_metrics import get_metric
+
+    assert DeepSimilarityHeatmap.PRECISIONS == PRECISIONS  # the module's copy of the library's list
+    p = make_head_phantom((64, 64), seed=4)
+    ctNode, mrNode = add_volume(p.ct, "ct"), add_volume(p.mr, "mr")
+    point = nodes.ras_from_index(ctNode, (30, 28))
+    weights = str(ROOT / "weights" / "ctmr_similarity.pt")
+    logic.networks["similarity"] = weights
+    # float32 in the panel: the library's float32 map, and a job told so before any in-process map
+    launcher = InProcessLauncher()
+    job = logic.heatmap_job(ctNode, mrNode, point, "learned", neighbourhood=11, patch_size=17, launcher=launcher,
+                            precision="float32")
+    finish(job)
+    assert job.state == "succeeded", job.error
+    assert launcher.calls[-1][launcher.calls[-1].index("--precision") + 1] == "float32"
+    expected = similarity_heatmap(p.ct, p.mr, index=(30, 28), metric=get_metric("learned", weights, "float32"),
+                                  patch_size=17, neighbourhood=11)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(job.result[0])[0], expected.scores.array)
+    heat, _ = logic.compute_heatmap(ctNode, mrNode, point, "learned", neighbourhood=11, patch_size=17,
+                                    precision="float32")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(heat)[0], expected.scores.array)
+    assert logic._metric("learned", "float32").resolved_precision() == "float32"
+    assert logic._metric("learned", "float32") is not logic._metric("learned")  # one kept object per choice
+    # the hand-made metrics have one arithmetic: the panel's choice does not apply to them
+    assert logic._metric("nmi", "int8") is logic._metric("nmi")
+    assert logic._settledPrecision("nmi", "int8") is None
+    with pytest.raises(ValueError, match="precision"):
+        logic.compute_heatmap(ctNode, mrNode, point, "learned", neighbourhood=11, patch_size=17, precision="fp8")
+    with pytest.raises(ValueError, match="precision"):
+        logic.heatmap_job(ctNode, mrNode, point, "nmi", neighbourhood=11, patch_size=17, precision="double")
+
+
 # ------------------------------------------------------ registration and Dice
 
 
