@@ -268,6 +268,12 @@ def test_merge_joins_disjoint_losses_of_one_setup_and_reports_the_sweep(tmp_path
         rep.merge_3d_net_results([a, a])
     with pytest.raises(InputError, match=r"results\[1\].*steps"):
         rep.merge_3d_net_results([a, run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, steps=32)])
+    # velocity nets regularised on the velocity are another protocol: said in the report, never merged with others
+    on_velocity = run_result({"ncc": loss_result(0.25, 0.6)}, 1.0, velocity=True, regularise="velocity")
+    with pytest.raises(InputError, match=r"results\[1\].*regularise"):
+        rep.merge_3d_net_results([a, on_velocity])
+    text = rep.report_3d_net(on_velocity, tmp_path, "v", log=lambda *_: None)
+    assert "integrated by scaling and squaring (the regulariser on the velocity field, not the displacement)" in text
 
 
 def test_merge_adds_a_loss_to_an_earlier_merge():
@@ -382,7 +388,7 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
                                "--feature-encoder", "strided", "--deepsim-before-warp", "--deepsim-histogram-match",
                                "--feature-channels", "32,64,64", "--feature-dropout", "0.2", "--feature-ensemble", "3",
                                "--feature-block-labels", "majority", "--feature-phases", "--feature-levels", "2",
-                               "--seed", "5", "--velocity"]) == 0
+                               "--seed", "5", "--velocity", "--regularise", "velocity"]) == 0
     assert script.main(base + ["--feature-propagated-labels", "--lambda-factors", "1,4"]) == 0  # not with phases
     (_, default), (_, switched), (_, propagated) = calls
     assert default["lambda_factors"] == [1.0]  # --lambda-factors' default, parsed as the slice benchmark parses it
@@ -390,6 +396,10 @@ def test_benchmark_passes_the_augmentation_switches(monkeypatch, tmp_path):
     assert (default["fold"], default["augment"], default["seed"], default["velocity"]) == (0, True, 0, False)
     assert default["variant"] == net3d.DeepSimVariant() and default["variant"].changed() == {}
     assert (switched["fold"], switched["augment"], switched["seed"], switched["velocity"]) == (2, False, 5, True)
+    assert (default["regularise"], switched["regularise"]) == ("displacement", "velocity")
+    with pytest.raises(SystemExit):  # a displacement net has no velocity field to regularise
+        script.main(base + ["--regularise", "velocity"])
+    assert len(calls) == 3
     assert switched["variant"].changed() == {
         "feature_augment": True, "feature_intensity": True, "feature_encoder": "strided",
         "feature_channels": [32, 64, 64], "feature_dropout": 0.2, "feature_ensemble": 3,
