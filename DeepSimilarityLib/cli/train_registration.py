@@ -38,6 +38,9 @@ def add_parsers(kinds):
                    help="with --images: how the other images are first aligned to the first (default affine)")
     r.add_argument("--velocity", action="store_true",
                    help="integrate a stationary velocity field (scaling and squaring)")
+    r.add_argument("--regularise", choices=["displacement", "velocity"], default="displacement",
+                   help="the field the diffusion regulariser acts on (default displacement); 'velocity', as "
+                        "VoxelMorph does, needs --velocity")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, help="weights file to write (.pt)")
     add_resume_option(r)
@@ -101,6 +104,8 @@ def run_train_registration(args):
     lam = DEFAULT_LAMBDA[args.loss] if args.lam is None else args.lam
     if lam < 0:
         raise InputError("--lambda", f"must be >= 0, got {lam}")
+    if args.regularise == "velocity" and not args.velocity:
+        raise InputError("--regularise", "'velocity' needs --velocity (a displacement net has no velocity field)")
     features = None
     if args.loss.startswith("deepsim"):
         if not args.features:
@@ -135,10 +140,11 @@ def run_train_registration(args):
     with resumable_training(args) as checkpoint:
         net, hist = train_registration(images, index, loss, lam, epochs=args.epochs, batch_size=batch, lr=3e-3,
                                        labels=labels, loss_name=args.loss, seed=args.seed, velocity=args.velocity,
-                                       augment=augment, on_epoch=on_epoch)
+                                       augment=augment, on_epoch=on_epoch, regularise=args.regularise)
     hist["seconds"] += checkpoint.earlier_seconds  # a resumed run times only its own part
     bar.close()
-    meta = {"loss": args.loss, "lambda": lam, "regulariser": "diffusion", "optimizer": "adam", "lr": 3e-3,
+    regulariser = "diffusion" + (" of the velocity field" if args.regularise == "velocity" else "")
+    meta = {"loss": args.loss, "lambda": lam, "regulariser": regulariser, "optimizer": "adam", "lr": 3e-3,
             "batch_size": batch, "final_loss": hist["loss"][-1], "train_seconds": hist["seconds"],
             "grid": list(images.shape[2:]), "downsample": factor, "epochs": args.epochs,
             "intensity": TRAINING_INTENSITY,

@@ -70,6 +70,12 @@ def test_cli_trains_on_images_and_the_net_registers_them(tmp_path, slices, capsy
     assert main(["register", "--method", "deformable", "--fixed", paths[0], "--moving", paths[2], "--net", str(out),
                  "--out-warped", str(tmp_path / "w.nii.gz")]) == 0
     assert read_image(tmp_path / "w.nii.gz").array.shape == (96, 80)
+    vel = tmp_path / "velocity.pt"  # VoxelMorph's convention: the regulariser on the velocity field
+    assert main(["train", "registration", "--loss", "ncc", "--images", *paths, "--epochs", "1", "--velocity",
+                 "--regularise", "velocity", "--out", str(vel)]) == 0
+    vel_net = load_registration_net(vel)
+    assert vel_net.config["velocity"] and vel_net.metadata["regulariser"] == "diffusion of the velocity field"
+    assert net.metadata["regulariser"] == "diffusion"
     capsys.readouterr()
     feat2d = tmp_path / "feat2d.pt"
     save_feature_net(FeatureNet(2, "seg", 3), feat2d)
@@ -80,6 +86,7 @@ def test_cli_trains_on_images_and_the_net_registers_them(tmp_path, slices, capsy
     never = str(tmp_path / "never.pt")
     cases = [(["--loss", "ncc-sup", "--images", *paths], "label"),
              (["--loss", "mse", "--downsample", "2"], "needs --images"),
+             (["--loss", "mse", "--images", *paths, "--regularise", "velocity"], "--regularise"),
              (["--loss", "mse", "--images", paths[0]], "at least two"),
              (["--loss", "mse", "--images", paths[0], str(tmp_path / "missing.nii.gz")], "missing.nii.gz"),
              (["--loss", "deepsim-seg", "--features", str(feat2d), "--images", *vols], "2D feature net")]
