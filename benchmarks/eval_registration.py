@@ -9,7 +9,8 @@ scan alone (see DeepSimilarityLib/registration/data.py). Networks run on the 2x 
 SimpleITK B-spline Mattes MI on the full-resolution pairs is the classical reference. One thread.
 The same run: ``deepsim evaluate registration``.
 
-    python benchmarks/eval_registration.py [--quick] [--save-weights weights/] [--velocity] [--losses mse,ncc]
+    python benchmarks/eval_registration.py [--quick] [--save-weights weights/] [--velocity [--regularise velocity]]
+        [--losses mse,ncc]
         [--lambda-factors 0.25,1,4] [--stem NAME]
       -> benchmarks/results/registration_2d.{json,md,png}   (--quick: registration_2d_quick.*;
          --velocity: registration_2d_velocity.*; --stem: NAME.*)
@@ -38,17 +39,23 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--velocity", action="store_true",
                    help="nets output a stationary velocity field (scaling and squaring) -> registration_2d_velocity.*")
+    p.add_argument("--regularise", default="displacement", choices=["displacement", "velocity"],
+                   help="the field the diffusion regulariser acts on; 'velocity' needs --velocity "
+                        "(-> registration_2d_velreg.*)")
     p.add_argument("--lambda-factors", type=positive_numbers, default=None,
                    help="comma-separated factors on each loss's lambda centre (default 0.25,1,4); validation picks one")
     p.add_argument("--stem", default="", help="result file name without extension (default from the options)")
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.regularise == "velocity" and not args.velocity:
+        p.error("--regularise velocity needs --velocity (a displacement net has no velocity field)")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)  # before the run: a missing folder would lose it at the end
     run_and_report([s.strip() for s in args.losses.split(",")], args.quick, args.epochs, args.out_dir,
-                   args.save_weights, args.velocity, args.lambda_factors, args.stem or None)
+                   args.save_weights, args.velocity, args.lambda_factors, args.stem or None, args.regularise)
     return 0
 
 

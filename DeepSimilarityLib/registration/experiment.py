@@ -74,11 +74,13 @@ def bspline_reference(stack, vols, pairs, **kwargs) -> dict:
 
 def run_comparison(losses, epochs: int = 10, factor: int = 2, lambda_factors=LAMBDA_FACTORS, feature_epochs: int = 20,
                    lr: float = 3e-3, seed: int = 0, bspline_pairs: int | None = None, velocity: bool = False,
-                   log=print) -> dict:
+                   regularise: str = "displacement", log=print) -> dict:
     """Train every loss with every lambda, choose lambda by validation Dice (folding < 1%), score the test pairs.
 
     ``bspline_pairs``: run the B-spline reference on the first N test pairs only (0: skip; None: all).
-    ``velocity``: the nets output a stationary velocity field integrated by scaling and squaring.
+    ``velocity``: the nets output a stationary velocity field integrated by scaling and squaring;
+    ``regularise``: the field the diffusion term acts on (``"velocity"``: that field; recorded in the setup
+    only then).
     """
     torch.manual_seed(seed)
     vols = load_brain_volumes()
@@ -91,7 +93,7 @@ def run_comparison(losses, epochs: int = 10, factor: int = 2, lambda_factors=LAM
                      "train_pairs": len(train[3]), "val_pairs": len(val[3]), "test_pairs": len(test[3]),
                      "slices": {k: split_slices(k) for k in ("train", "val", "test")}, "epochs": epochs, "lr": lr,
                      "feature_epochs": feature_epochs, "seed": seed, "lambda_factors": list(lambda_factors),
-                     "velocity": velocity},
+                     "velocity": velocity, **({"regularise": regularise} if regularise != "displacement" else {})},
            "losses": {}}
     identity = np.zeros((len(test[3]), 2) + tuple(full_size), np.float32)
     out["affine_only"] = score_pairs(identity, test)
@@ -113,7 +115,8 @@ def run_comparison(losses, epochs: int = 10, factor: int = 2, lambda_factors=LAM
             lam = LAMBDA_CENTRE[name] * k
             loss = make_loss(name, 2, feature_net)
             net, hist = train_registration(train[0], train[3], loss, lam, epochs=epochs, lr=lr, labels=train[1],
-                                           loss_name=name, seed=seed, velocity=velocity)
+                                           loss_name=name, seed=seed, velocity=velocity,
+                                           regularise=regularise)
             ddf, _ = predict_pairs(net, val, full_size)
             score = score_pairs(ddf, val)
             sweep.append({"lambda": lam, "val_dice": float(np.mean(score["dice"])),

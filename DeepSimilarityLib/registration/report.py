@@ -90,11 +90,12 @@ def write_report(result: dict, out_dir, stem: str, header: str, title: str | Non
 
 def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="benchmarks/results",
                    save_weights=None, velocity: bool = False, lambda_factors=None, stem: str | None = None,
-                   log=print) -> dict:
+                   regularise: str = "displacement", log=print) -> dict:
     """The whole 2D comparison (:func:`.experiment.run_comparison`) and its report files.
 
     ``quick``: 2 epochs, one lambda, 3 feature epochs, 8 B-spline pairs (a smoke run of a few minutes).
     ``velocity``: stationary velocity fields (scaling and squaring); the files get ``_velocity`` in their name.
+    ``regularise``: ``"velocity"`` puts the diffusion term on that field (the files get ``_velreg`` instead).
     ``lambda_factors``: the grid on each loss's :data:`~.compare.LAMBDA_CENTRE` (default
     :data:`~.compare.LAMBDA_FACTORS`); ``stem``: the files' name instead of the one made from the options.
     """
@@ -108,11 +109,12 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
     factors = (1.0,) if quick else tuple(lambda_factors or LAMBDA_FACTORS)
     result = run_comparison(losses, epochs=epochs, lambda_factors=factors,
                             feature_epochs=3 if quick else 20, bspline_pairs=8 if quick else None,
-                            velocity=velocity, log=log)
+                            velocity=velocity, regularise=regularise, log=log)
     minutes = (time.perf_counter() - t0) / 60
     s = result["setup"]
     s["minutes_total"] = minutes
-    stem = stem or "registration_2d" + ("_velocity" if velocity else "") + ("_quick" if quick else "")
+    kind = "_velreg" if regularise == "velocity" else "_velocity" if velocity else ""
+    stem = stem or "registration_2d" + kind + ("_quick" if quick else "")
     bs = result.get("bspline_mi", {}).get("pairs")
     header = (f"Learned 2D registration of held-out coronal brain MR slices (OASIS 0001 <-> 0002, {s['test_pairs']} "
               f"directed pairs)\n\nNetworks on the {s['network_grid'][0]}x{s['network_grid'][1]} grid "
@@ -122,6 +124,8 @@ def run_and_report(losses, quick: bool = False, epochs: int = 10, out_dir="bench
               f"{len(s['lambda_factors'])} values per loss by validation Dice ({s['val_pairs']} pairs); "
               + ("the nets output a stationary velocity field, integrated by scaling and squaring; "
                  if velocity else "")
+              + ("the regulariser acts on the velocity field, not the displacement; " if regularise == "velocity"
+                 else "")
               + f"feature nets trained on the vxm scan only. One CPU thread, {minutes:.1f} min in all. "
               + (f"B-spline MI on the first {bs} test pairs. " if bs and bs < s["test_pairs"] else "")
               + "Paper column: the paper's 3D brain MRI Dice, for ordering only.")

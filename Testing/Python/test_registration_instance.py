@@ -248,12 +248,14 @@ def test_slice_benchmark_passes_the_lambda_grid_and_stem(tmp_path, monkeypatch, 
     calls = []
     monkeypatch.setattr(script, "missing_shared_data", lambda *a: False)
     monkeypatch.setattr(report, "run_and_report", lambda *a: calls.append(a))
-    base = ["--losses", "mse", "--out-dir", str(tmp_path)]
-    assert script.main(base) == 0
+    base = ["--losses", "mse", "--out-dir", str(tmp_path / "new")]  # made before the run, not after it
+    assert script.main(base) == 0 and (tmp_path / "new").is_dir()
     assert script.main(base + ["--velocity", "--lambda-factors", "0.0625,0.25", "--stem", "low"]) == 0
-    assert [a[-3:] for a in calls] == [(False, None, None), (True, [0.0625, 0.25], "low")]
-    for bad in ("0,1", "a,1"):
+    assert script.main(base + ["--velocity", "--regularise", "velocity"]) == 0
+    assert [a[-4:] for a in calls] == [(False, None, None, "displacement"),
+                                       (True, [0.0625, 0.25], "low", "displacement"), (True, None, None, "velocity")]
+    for bad in (["--lambda-factors", "0,1"], ["--lambda-factors", "a,1"], ["--regularise", "velocity"]):
         with pytest.raises(SystemExit):
-            script.main(base + ["--lambda-factors", bad])
-        assert "--lambda-factors" in capsys.readouterr().err
-    assert len(calls) == 2  # refused before anything ran
+            script.main(base + bad)
+        assert bad[0] in capsys.readouterr().err
+    assert len(calls) == 3  # refused before anything ran
