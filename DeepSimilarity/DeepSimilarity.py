@@ -43,7 +43,7 @@ ensureLibraryImportable()
 
 # The panels' code lives beside this script (Qt-free logic mixins, the job runner, the dependency check).
 from DeepSimilarityDependencies import ensure_dependencies  # noqa: E402
-from DeepSimilarityHeatmap import HeatmapLogicMixin  # noqa: E402
+from DeepSimilarityHeatmap import PRECISIONS, HeatmapLogicMixin  # noqa: E402
 from DeepSimilarityNetworks import NetworksLogicMixin  # noqa: E402
 from DeepSimilarityPanels import NetworksPanel  # noqa: E402
 from DeepSimilarityRegistration import RegistrationLogicMixin  # noqa: E402
@@ -114,8 +114,7 @@ class DeepSimilarityParameterNode:
     mrVolume: vtkMRMLScalarVolumeNode
     point: vtkMRMLMarkupsFiducialNode
     metric: Annotated[str, Choice(["learned", "nmi", "lcc", "mind", "learned+nmi"])] = "nmi"
-    # the learned network's arithmetic (DeepSimilarityHeatmap.PRECISIONS); the hand-made metrics have one
-    heatmapPrecision: Annotated[str, Choice(["auto", "float32", "bfloat16", "int8"])] = "auto"
+    heatmapPrecision: Annotated[str, Choice(list(PRECISIONS))] = "auto"  # the learned network's arithmetic
     neighbourhood: Annotated[int, WithinRange(3, 513)] = 81
     patchSize: Annotated[int, WithinRange(3, 65)] = 17
     autoUpdate: bool = False
