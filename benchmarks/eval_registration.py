@@ -30,7 +30,9 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv=None):
     from DeepSimilarityLib.cli.common import positive_numbers
     from DeepSimilarityLib.registration.losses import CROSS_MODALITY, LOSSES
+    from DeepSimilarityLib.errors import InputError
     from DeepSimilarityLib.registration.report import run_and_report
+    from DeepSimilarityLib.registration.train import REGULARISED, check_regularise
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="2 epochs, one lambda, 8 B-spline pairs: a smoke run (~3 min)")
@@ -39,7 +41,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--velocity", action="store_true",
                    help="nets output a stationary velocity field (scaling and squaring) -> registration_2d_velocity.*")
-    p.add_argument("--regularise", default="displacement", choices=["displacement", "velocity"],
+    p.add_argument("--regularise", default="displacement", choices=REGULARISED,
                    help="the field the diffusion regulariser acts on; 'velocity' needs --velocity "
                         "(-> registration_2d_velreg.*)")
     p.add_argument("--lambda-factors", type=positive_numbers, default=None,
@@ -48,8 +50,10 @@ def main(argv=None):
     p.add_argument("--save-weights", help="folder to write the chosen deepsim-seg net and its feature net into")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    if args.regularise == "velocity" and not args.velocity:
-        p.error("--regularise velocity needs --velocity (a displacement net has no velocity field)")
+    try:
+        check_regularise(args.regularise, args.velocity, "--regularise")
+    except InputError as e:
+        p.error(str(e))
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)

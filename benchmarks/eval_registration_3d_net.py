@@ -51,6 +51,7 @@ def main(argv=None):
     from DeepSimilarityLib.registration.experiment3d_net import DeepSimVariant, run_and_report_3d_net
     from DeepSimilarityLib.registration.feature_net import ENCODERS
     from DeepSimilarityLib.registration.report_net3d import merge_3d_net_folds, merge_3d_net_results, report_3d_net
+    from DeepSimilarityLib.registration.train import REGULARISED, check_regularise
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 steps, 5 feature steps, no ablation (smoke run)")
@@ -99,7 +100,7 @@ def main(argv=None):
                    help="train every registration net on the pairs as they are (no flip or affine)")
     p.add_argument("--velocity", action="store_true",
                    help="every net outputs a stationary velocity field integrated by scaling and squaring")
-    p.add_argument("--regularise", default="displacement", choices=["displacement", "velocity"],
+    p.add_argument("--regularise", default="displacement", choices=REGULARISED,
                    help="the field the diffusion regulariser acts on; 'velocity' (VoxelMorph's choice) needs "
                         "--velocity")
     p.add_argument("--lambda-factors", type=positive_numbers, default=[1.0],
@@ -129,8 +130,6 @@ def main(argv=None):
             runs = [json.loads(Path(f.strip()).read_text()) for f in files.split(",")]
             report_3d_net(merge(runs), args.out_dir, args.stem, instance)
             return 0
-    if args.regularise == "velocity" and not args.velocity:
-        p.error("--regularise velocity needs --velocity (a displacement net has no velocity field)")
     if missing_shared_data("brain-mr/oasis"):
         return 2
     torch.set_num_threads(1)
@@ -138,6 +137,7 @@ def main(argv=None):
         print(f"{args.instance} not found: lambdas 0.25 x LAMBDA_CENTRE, no instance column", file=sys.stderr)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     try:
+        check_regularise(args.regularise, args.velocity, "--regularise")
         variant = DeepSimVariant(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DeepSimVariant)})
     except InputError as e:
         p.error(str(e))

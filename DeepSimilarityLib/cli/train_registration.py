@@ -96,7 +96,7 @@ def run_train_registration(args):
     from ..registration.data import load_brain_volumes, slice_pairs, stack_pairs
     from ..registration.losses import make_loss
     from ..registration.network import save_registration_net
-    from ..registration.train import train_registration
+    from ..registration.train import check_regularise, train_registration
 
     out = output_path(args.out, "--out")
     if args.epochs < 1:
@@ -104,8 +104,7 @@ def run_train_registration(args):
     lam = DEFAULT_LAMBDA[args.loss] if args.lam is None else args.lam
     if lam < 0:
         raise InputError("--lambda", f"must be >= 0, got {lam}")
-    if args.regularise == "velocity" and not args.velocity:
-        raise InputError("--regularise", "'velocity' needs --velocity (a displacement net has no velocity field)")
+    check_regularise(args.regularise, args.velocity, "--regularise")
     features = None
     if args.loss.startswith("deepsim"):
         if not args.features:

@@ -16,6 +16,16 @@ from .network import RegistrationNet, regulariser, warp_image
 REGULARISED = ("displacement", "velocity")  # what the diffusion regulariser may act on
 
 
+def check_regularise(regularise: str, velocity: bool, name: str = "regularise") -> None:
+    """InputError naming ``name`` unless ``regularise`` is one of :data:`REGULARISED` and the net has that
+    field: only a net that integrates a velocity field (``velocity``) can have it regularised."""
+    if regularise not in REGULARISED:
+        raise InputError(name, f"must be one of {REGULARISED}, got {regularise!r}")
+    if regularise == "velocity" and not velocity:
+        raise InputError(name, "'velocity' needs a net that integrates a velocity field (a displacement net has "
+                               "none)")
+
+
 def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn.Module, lam: float,
                        epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, labels: torch.Tensor | None = None,
                        loss_name: str = "", net: RegistrationNet | None = None, seed: int = 0, velocity: bool = False,
@@ -54,13 +64,10 @@ def train_registration(images: torch.Tensor, pairs: torch.Tensor, loss: torch.nn
     if supervised and augment is not None:
         # The labels would have to follow the same random transform; no caller needs that yet.
         raise InputError("augment", f"augmentation transforms images only; the {loss_name} loss also reads labels")
-    if regularise not in REGULARISED:
-        raise InputError("regularise", f"must be one of {REGULARISED}, got {regularise!r}")
+    check_regularise(regularise, net.config["velocity"] if net is not None else velocity)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = net or RegistrationNet(images.ndim - 2, velocity=velocity)
-    if regularise == "velocity" and not net.config["velocity"]:
-        raise InputError("regularise", "'velocity' needs a net that integrates a velocity field")
     on_output = regularise == "velocity"
     n_classes = int(labels.max()) + 1 if supervised else 0
     loss.train()
