@@ -38,7 +38,7 @@ def add_parsers(kinds):
                    help="with --images: how the other images are first aligned to the first (default affine)")
     r.add_argument("--velocity", action="store_true",
                    help="integrate a stationary velocity field (scaling and squaring)")
-    r.add_argument("--regularise", choices=["displacement", "velocity"], default="displacement",
+    r.add_argument("--regularise", choices=REGULARISED, default="displacement",
                    help="the field the diffusion regulariser acts on (default displacement); 'velocity', as "
                         "VoxelMorph does, needs --velocity")
     r.add_argument("--seed", type=int, default=0)
@@ -71,6 +71,8 @@ def add_parsers(kinds):
 # The names of registration.losses.LOSSES less the CT/MR ones, which the brain slices cannot train (kept
 # here so that --help does not import torch/MONAI; a test checks).
 LOSS_NAMES = ["mse", "ncc", "ncc-sup", "nmi", "mind", "deepsim-seg", "deepsim-ae"]
+# registration.train.REGULARISED, kept here for the same reason (checked by the same test).
+REGULARISED = ("displacement", "velocity")
 # lambda chosen on the validation slices in benchmarks/results/registration_2d.md
 DEFAULT_LAMBDA = {"mse": 0.0025, "ncc": 0.25, "ncc-sup": 1.0, "nmi": 1.2, "mind": 4.0, "deepsim-seg": 0.075,
                   "deepsim-ae": 0.075}

@@ -140,11 +140,13 @@ def test_cli_deformable_register_and_jacobian(tmp_path, slice_pair, capsys):
 
 
 def test_cli_train_and_evaluate_bad_input(tmp_path, capsys):
-    from DeepSimilarityLib.cli.train_registration import LOSS_NAMES
+    from DeepSimilarityLib.cli import train_registration as cli
     from DeepSimilarityLib.registration import LOSSES
     from DeepSimilarityLib.registration.losses import CROSS_MODALITY
+    from DeepSimilarityLib.registration.train import REGULARISED
 
-    assert LOSS_NAMES == [name for name in LOSSES if name not in CROSS_MODALITY]  # the brain-slice training
+    assert cli.LOSS_NAMES == [name for name in LOSSES if name not in CROSS_MODALITY]  # the brain-slice training
+    assert cli.REGULARISED == REGULARISED
     out = str(tmp_path / "r.pt")
     cases = [(["train", "registration", "--loss", "mse", "--lambda", "-1", "--out", out], "--lambda"),
              (["train", "registration", "--loss", "mse", "--epochs", "0", "--out", out], "--epochs"),
